@@ -1,0 +1,1 @@
+"""Live host metrics into user-defined insights: collector, function runtime and metric schema."""

@@ -1,0 +1,175 @@
+"""The collector: sample the host with psutil every INTERVAL seconds and publish each sample to Redis.
+
+Each sample goes out in one round trip: SET <input> (the course's latest-value key) and XADD to
+<input>:stream (every sample, for exactly-once triggering and history). While Redis is away, samples
+wait in a bounded buffer and go out in order once it is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+
+from runtime import schema
+from runtime.config import BACKOFF_CAP_SECONDS, CollectorConfig, ConfigError, configure_logging, connect
+
+log = logging.getLogger("collector")
+
+
+def default_route_interface(procfs_path: str) -> str | None:
+    """The interface of the default route (destination 0.0.0.0) in <procfs>/net/route, if any."""
+    try:
+        lines = Path(procfs_path, "net", "route").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split()
+        if len(parts) > 2 and parts[1] == "00000000":
+            return parts[0]
+    return None
+
+
+def choose_interface(requested: str | None, procfs_path: str, counters: dict[str, Any]) -> str | None:
+    """NET_INTERFACE if set ('all' sums every interface), else the default route's, else the busiest one."""
+    if requested:
+        if requested != "all" and requested not in counters:
+            raise ConfigError(f"NET_INTERFACE={requested!r} is not an interface here (found: {', '.join(sorted(counters))})")
+        return None if requested == "all" else requested
+    routed = default_route_interface(procfs_path)
+    if routed in counters:
+        return routed
+    candidates = {name: c.bytes_sent + c.bytes_recv for name, c in counters.items() if name != "lo"}
+    return max(candidates, key=candidates.get) if candidates else None
+
+
+class Sampler:
+    """Reads the host with psutil. Each source is guarded on its own, so one failure drops only its fields."""
+
+    def __init__(self, net_interface: str | None = None, procfs_path: str | None = None) -> None:
+        if procfs_path:
+            psutil.PROCFS_PATH = procfs_path  # report the host from inside a container
+        self.interface = choose_interface(net_interface, psutil.PROCFS_PATH, psutil.net_io_counters(pernic=True))
+        psutil.cpu_percent(percpu=True)  # the first call returns 0.0: prime it
+        log.info("sampling procfs=%s net_interface=%s cpus=%d", psutil.PROCFS_PATH,
+                 self.interface or "all", psutil.cpu_count())
+
+    def sample(self) -> dict[str, Any]:
+        return schema.build_sample(
+            datetime.now(),
+            cpu_percents=_guarded("cpu_percent", lambda: psutil.cpu_percent(percpu=True)),
+            cpu_freq_mhz=_guarded("cpu_freq", lambda: psutil.cpu_freq().current),
+            cpu_stats=_guarded("cpu_stats", lambda: psutil.cpu_stats()._asdict()),
+            memory=_guarded("virtual_memory", lambda: psutil.virtual_memory()._asdict()),
+            n_pids=_guarded("pids", lambda: len(psutil.pids())),
+            net=_guarded("net_io_counters", self._net),
+        )
+
+    def _net(self) -> dict[str, int]:
+        if self.interface is None:
+            return psutil.net_io_counters()._asdict()
+        return psutil.net_io_counters(pernic=True)[self.interface]._asdict()
+
+
+def _guarded(source: str, read):
+    try:
+        return read()
+    except (OSError, AttributeError, KeyError, NotImplementedError, psutil.Error) as error:
+        log.warning("source_unavailable source=%s error=%r", source, error)
+        return None
+
+
+class Publisher:
+    """Publishes samples in order; keeps up to `capacity` unsent ones while Redis is unreachable."""
+
+    def __init__(self, client: redis.Redis, keys: schema.Keys, retention_seconds: float, capacity: int) -> None:
+        self.client = client
+        self.keys = keys
+        self.retention_seconds = retention_seconds
+        self.pending: deque[str] = deque(maxlen=capacity)
+        self.dropped = 0
+        self._backoff = 0.0
+        self._next_attempt = 0.0
+
+    def publish(self, sample: dict[str, Any]) -> bool:
+        """Queue the sample and send everything queued; False while Redis is unreachable."""
+        if len(self.pending) == self.pending.maxlen:
+            self.dropped += 1
+            log.warning("buffer_full dropped_oldest total_dropped=%d capacity=%d", self.dropped, self.pending.maxlen)
+        self.pending.append(schema.encode_sample(sample))
+        if time.monotonic() < self._next_attempt:
+            return False
+        return self.flush()
+
+    def flush(self) -> bool:
+        if not self.pending:
+            return True
+        batch = list(self.pending)
+        minid = int((time.time() - self.retention_seconds) * 1000)
+        pipe = self.client.pipeline(transaction=True)
+        for payload in batch:
+            pipe.xadd(self.keys.input_stream, schema.sample_entry(payload), minid=minid, approximate=True)
+        pipe.set(self.keys.input, batch[-1])
+        try:
+            pipe.execute()
+        except redis.RedisError as error:  # unreachable, restarting, out of memory: keep and retry
+            self._backoff = min(max(self._backoff * 2, 0.5), BACKOFF_CAP_SECONDS)
+            self._next_attempt = time.monotonic() + self._backoff
+            log.warning("redis_unavailable error=%s buffered=%d retry_in=%.1fs", error, len(self.pending), self._backoff)
+            return False
+        for _ in batch:
+            self.pending.popleft()
+        if self._backoff:
+            log.info("redis_back published_buffered=%d", len(batch))
+        self._backoff = 0.0
+        return True
+
+
+def run(config: CollectorConfig, client: redis.Redis, stop: threading.Event) -> None:
+    """Sample on a fixed schedule (no drift) until `stop` is set."""
+    sampler = Sampler(config.net_interface, config.procfs_path)
+    publisher = Publisher(client, config.keys, config.retention_seconds, config.buffer_samples)
+    next_tick = time.monotonic() + min(config.interval, 1.0)  # a first sample soon after start
+    while not stop.wait(max(0.0, next_tick - time.monotonic())):
+        sample = sampler.sample()
+        if publisher.publish(sample):
+            log.debug("published timestamp=%s", sample[schema.TIMESTAMP])
+        next_tick += config.interval
+        if next_tick < time.monotonic():  # fell behind (suspended host): skip, don't burst
+            next_tick = time.monotonic() + config.interval
+    publisher.flush()
+    log.info("stopped unsent=%d", len(publisher.pending))
+
+
+def main() -> int:
+    """`python -m runtime.collector`."""
+    try:
+        config = CollectorConfig.from_env()
+        configure_logging(os.environ)
+    except ConfigError as error:
+        print(f"collector: {error}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    log.info("starting redis=%s key=%s interval=%gs", config.redis.safe_url(), config.keys.input, config.interval)
+    try:
+        run(config, connect(config.redis, client_name="collector"), stop)
+    except ConfigError as error:
+        print(f"collector: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Configuration from the environment, read once in main(); the Redis connection built from it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+from runtime import schema
+
+DEFAULT_INTERVAL = 5.0  # seconds, as in the course's reference runtime and collector
+MIN_COLLECTOR_INTERVAL = 0.5
+DEFAULT_FUNCTION_PATH = "/opt/usermodule.py"  # where the course's Deployment mounts the function
+DEFAULT_HANDLER = "handler"
+DEFAULT_OUTPUT_MAX_BYTES = 1024 * 1024
+DEFAULT_RETENTION_SECONDS = 24 * 3600
+DEFAULT_BUFFER_SAMPLES = 17_280  # a day at 5 s, kept by the collector while Redis is away
+DEFAULT_BATCH = 256  # samples read and committed together when a backlog builds up
+ERRORS_KEPT = 1000  # entries of the errors stream
+
+# The block of one XREAD: bounds how long a stop request waits. The socket timeout must exceed it.
+BLOCK_SECONDS = 1.0
+SOCKET_TIMEOUT_SECONDS = 10.0
+BACKOFF_CAP_SECONDS = 10.0
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the variable and what it accepts."""
+
+
+def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not a number (seconds or a count, e.g. {default:g})") from None
+    if not value >= minimum:
+        raise ConfigError(f"{name}={text!r} must be at least {minimum:g}")
+    return value
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """Where Redis is: REDIS_URL (redis:// or rediss://), or the course's REDIS_HOST / REDIS_PORT."""
+
+    url: str
+    password: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> RedisSettings:
+        password = env.get("REDIS_PASSWORD") or None
+        url = env.get("REDIS_URL", "").strip()
+        if not url:
+            host = env.get("REDIS_HOST", "").strip() or "localhost"
+            port = env.get("REDIS_PORT", "").strip() or "6379"
+            if not port.isdigit():
+                raise ConfigError(f"REDIS_PORT={port!r} is not a port number")
+            scheme = "rediss" if env.get("REDIS_TLS", "").lower() in ("1", "true", "yes") else "redis"
+            url = f"{scheme}://{host}:{port}"
+        if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {cls(url).safe_url()!r}")
+        return cls(url=url, password=password)
+
+    def safe_url(self) -> str:
+        """The URL with any password masked, for logs and the dashboard."""
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        user = quote(parts.username or "", safe="")
+        netloc = f"{user}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+
+
+def connect(settings: RedisSettings, client_name: str) -> redis.Redis:
+    """A client that retries refused or broken connections with capped, jittered exponential backoff."""
+    retry = Retry(ExponentialWithJitterBackoff(cap=BACKOFF_CAP_SECONDS / 4, base=0.05), retries=3)
+    options = dict(
+        decode_responses=True,
+        retry=retry,
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        socket_timeout=SOCKET_TIMEOUT_SECONDS,
+        socket_connect_timeout=5,
+        socket_keepalive=True,
+        health_check_interval=30,
+        client_name=client_name,
+    )
+    if settings.password:
+        options["password"] = settings.password
+    return redis.Redis.from_url(settings.url, **options)
+
+
+def configure_logging(env: Mapping[str, str]) -> None:
+    """One line per event, greppable `key=value` fields; the level from LOG_LEVEL."""
+    level = env.get("LOG_LEVEL", "INFO").upper()
+    if level not in logging.getLevelNamesMapping():
+        raise ConfigError(f"LOG_LEVEL={level!r} is not one of DEBUG, INFO, WARNING, ERROR")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    redis: RedisSettings
+    keys: schema.Keys
+    interval: float
+    function_path: Path
+    handler_name: str
+    output_max_bytes: int
+    retention_seconds: float
+    start_from_earliest: bool
+    batch_size: int = DEFAULT_BATCH
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RuntimeConfig:
+        env = os.environ if env is None else env
+        start_from = env.get("START_FROM", "latest").strip().lower()
+        if start_from not in ("latest", "earliest"):
+            raise ConfigError(f"START_FROM={start_from!r} must be 'latest' or 'earliest'")
+        return cls(
+            redis=RedisSettings.from_env(env),
+            keys=schema.Keys(
+                input=env.get("REDIS_INPUT_KEY", "").strip() or "metrics",
+                output=env.get("REDIS_OUTPUT_KEY", "").strip() or None,
+            ),
+            interval=_number(env, "INTERVAL", DEFAULT_INTERVAL, 0.01),
+            function_path=Path(env.get("FUNCTION_PATH", "").strip() or DEFAULT_FUNCTION_PATH),
+            handler_name=env.get("FUNCTION_HANDLER", "").strip() or DEFAULT_HANDLER,
+            output_max_bytes=int(_number(env, "OUTPUT_MAX_BYTES", DEFAULT_OUTPUT_MAX_BYTES, 1)),
+            retention_seconds=_number(env, "RETENTION_SECONDS", DEFAULT_RETENTION_SECONDS, 1),
+            start_from_earliest=start_from == "earliest",
+            batch_size=int(_number(env, "BATCH_SIZE", DEFAULT_BATCH, 1)),
+        )
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    redis: RedisSettings
+    keys: schema.Keys
+    interval: float
+    net_interface: str | None
+    procfs_path: str | None
+    buffer_samples: int
+    retention_seconds: float
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> CollectorConfig:
+        env = os.environ if env is None else env
+        return cls(
+            redis=RedisSettings.from_env(env),
+            keys=schema.Keys(input=env.get("REDIS_INPUT_KEY", "").strip() or "metrics"),
+            interval=_number(env, "INTERVAL", DEFAULT_INTERVAL, MIN_COLLECTOR_INTERVAL),
+            net_interface=env.get("NET_INTERFACE", "").strip() or None,
+            procfs_path=env.get("PROCFS_PATH", "").strip() or None,
+            buffer_samples=int(_number(env, "BUFFER_SAMPLES", DEFAULT_BUFFER_SAMPLES, 1)),
+            retention_seconds=_number(env, "RETENTION_SECONDS", DEFAULT_RETENTION_SECONDS, 1),
+        )

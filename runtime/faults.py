@@ -1,0 +1,52 @@
+"""Error records: one fixed shape for every fault, with the user's own traceback frames only."""
+
+from __future__ import annotations
+
+import enum
+import traceback
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+RUNTIME_DIR = Path(__file__).resolve().parent
+
+
+class Fault(str, enum.Enum):
+    """What went wrong; the status counts errors by these names."""
+
+    HANDLER_ERROR = "handler_error"  # the handler raised (SystemExit included)
+    OUTPUT_NOT_JSON = "output_not_json"
+    OUTPUT_TOO_LARGE = "output_too_large"
+    INPUT_INVALID = "input_invalid"  # the sample is not a JSON object
+    FUNCTION_LOAD = "function_load"  # the module cannot be imported or has no usable entry point
+
+
+class FunctionLoadError(Exception):
+    """The user's function cannot be loaded; the message names the file, the line and the cause."""
+
+
+def user_traceback(error: BaseException) -> str:
+    """The traceback without the runtime's own frames, so users see only their code."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if not Path(f.filename).resolve().is_relative_to(RUNTIME_DIR)]
+    lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
+    lines += traceback.format_exception_only(type(error), error)
+    return "".join(lines)
+
+
+def describe(error: BaseException) -> str:
+    """`Type: message`, the way Python prints the last line of a traceback."""
+    return "".join(traceback.format_exception_only(type(error), error)).strip()
+
+
+def record(fault: Fault, message: str, sample_id: str | None, timestamp: str | None,
+           trace: str = "") -> dict[str, Any]:
+    """The error record stored in the errors stream and as the status's last error."""
+    return {
+        "fault": fault.value,
+        "message": message,
+        "sample_id": sample_id or "",
+        "sample_timestamp": timestamp or "",
+        "time": datetime.now().isoformat(sep=" "),
+        "traceback": trace,
+    }
