@@ -150,10 +150,14 @@ class Runtime:
         text = self.client.get(self.keys.state)
         if text is None:
             return Checkpoint()
-        state = json.loads(text)
-        checkpoint = Checkpoint(cursor=state.get("cursor"), env_data=state.get("env"))
-        if state.get("last_execution"):
-            checkpoint.last_execution = datetime.fromisoformat(state["last_execution"])
+        try:
+            state = json.loads(text)
+            checkpoint = Checkpoint(cursor=state.get("cursor"), env_data=state.get("env"))
+            if state.get("last_execution"):
+                checkpoint.last_execution = datetime.fromisoformat(state["last_execution"])
+        except (ValueError, TypeError, AttributeError) as error:
+            log.error("checkpoint_unreadable key=%s error=%s; starting without it", self.keys.state, error)
+            return Checkpoint()
         if checkpoint.env_data is not None:
             try:
                 checkpoint.env = envcodec.decode(checkpoint.env_data)
