@@ -208,6 +208,8 @@ class Runtime:
                 samples.append(Sample(entry_id, schema.entry_payload(fields)))
             except schema.SampleError as error:
                 samples.append(Sample(entry_id, None, str(error)))
+        if samples and samples[0].raw is not None and self.committed.cursor == _poll_cursor(samples[0].raw):
+            self.committed.cursor = samples.pop(0).cursor  # handled by polling just before the stream began
         return samples
 
     def _start_cursor(self) -> str:
@@ -221,7 +223,7 @@ class Runtime:
         """The course's trigger: GET the key every INTERVAL, but run only when the value changed."""
         raw = self.client.get(self.keys.input)
         if raw is not None:
-            cursor = POLL_PREFIX + hashlib.sha1(raw.encode()).hexdigest()
+            cursor = _poll_cursor(raw)
             if cursor != self.committed.cursor:
                 return [Sample(cursor, raw)]
         self.stop.wait(self.config.interval)
@@ -404,6 +406,10 @@ def _lag_seconds(outcome: Outcome) -> float | None:
     if outcome.sample.entry_id:
         return time.time() - schema.stream_id_millis(outcome.sample.entry_id) / 1000
     return None
+
+
+def _poll_cursor(raw: str) -> str:
+    return POLL_PREFIX + hashlib.sha1(raw.encode()).hexdigest()
 
 
 def _just_before(entry_id: str) -> str:

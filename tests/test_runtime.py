@@ -252,3 +252,17 @@ def test_student_handlers_run_unchanged_and_their_env_survives_a_restart(client,
     with running_runtime(runtime_env(redis_url, path, REDIS_OUTPUT_KEY="uninterrupted")):
         wait_for(lambda: len(outputs(client, "uninterrupted")) == 30)
     assert [o for _, o in outputs(client, "out")] == [o for _, o in outputs(client, "uninterrupted")]
+
+
+def test_a_sample_polled_before_the_stream_appeared_is_not_handled_again(client, redis_url, tmp_path):
+    path = write_function(tmp_path, 'def handler(input, context):\n    return {"ts": input["timestamp"]}\n')
+    first, second = make_samples(2)
+    client.set("metrics", json.dumps(first))
+    env = runtime_env(redis_url, path, INTERVAL="0.05", START_FROM="latest")
+    with running_runtime(env):
+        wait_for(lambda: client.get("out"))
+        ids = publish(client, [json.dumps(first), second])  # the collector starts publishing the stream
+        wait_for(lambda: client.hget("out:status", "invocations") == "2")
+        time.sleep(0.2)
+    assert [o["ts"] for _, o in outputs(client, "out")] == [first["timestamp"], second["timestamp"]]
+    assert json.loads(client.get("out:state"))["cursor"] == ids[1]
