@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,15 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+# The death signal fires when the *thread* that started a child ends, and Streamlit runs scripts in
+# short-lived threads: children are started from this one long-lived thread instead.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stack-spawner")
+
+
+def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return _SPAWNER.submit(subprocess.Popen, args, env=env, cwd=REPO_DIR, preexec_fn=_die_with_parent).result()
+
+
 class LocalStack:
     def __init__(self, settings: StackSettings) -> None:
         self.settings = settings
@@ -83,8 +93,7 @@ class LocalStack:
         for var in ("REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD"):
             env.pop(var, None)
         for role, module in (("collector", "runtime.collector"), ("runtime", "runtime")):
-            self.children[role] = subprocess.Popen([sys.executable, "-m", module], env=env, cwd=REPO_DIR,
-                                                   preexec_fn=_die_with_parent)
+            self.children[role] = _spawn([sys.executable, "-m", module], env)
         return self
 
     def _stop_stale_server(self, data_dir: Path) -> None:

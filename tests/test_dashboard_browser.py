@@ -1,0 +1,84 @@
+"""End to end: `streamlit run app` as a user would, looked at in a real headless Chromium."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+from tests.conftest import REPO_DIR
+
+ARTIFACTS = REPO_DIR / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def dashboard(tmp_path):
+    """The README's main command in a scratch data directory; stopped with SIGTERM at the end."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
+    env.update(DATA_DIR=str(tmp_path / "data"))
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app", "--server.headless", "true", "--server.port", str(port)],
+        cwd=REPO_DIR, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "streamlit.log", "w"))
+    yield f"http://127.0.0.1:{port}", started, process
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+    pidfile = tmp_path / "data" / "valkey" / "valkey.pid"
+    assert not pidfile.exists(), "the embedded Valkey server outlived the app"
+
+
+def invocations(page) -> str:
+    metric = page.locator('[data-testid="stMetric"]', has_text="Invocations")
+    return metric.locator('[data-testid="stMetricValue"]').inner_text()
+
+
+def test_live_charts_appear_within_15_s_and_update(dashboard):
+    url, started, process = dashboard
+    assert Path(CHROMIUM).exists(), "Chromium is missing: apt-get install chromium (.ci/run does)"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1700})
+        while True:  # the server takes a moment to listen
+            try:
+                urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
+                break
+            except OSError:
+                assert process.poll() is None, "streamlit exited"
+                assert time.monotonic() - started < 15, "the app did not answer within 15 s"
+                time.sleep(0.2)
+        page.goto(url)
+        page.wait_for_function("document.querySelectorAll('.vega-embed canvas, .vega-embed svg').length >= 5",
+                               timeout=max(1000, (15 - (time.monotonic() - started)) * 1000))
+        ready_after = time.monotonic() - started
+        page.wait_for_selector('[data-testid="stMetric"]:has-text("Invocations")', timeout=10_000)
+        first = invocations(page)
+        page.wait_for_function(
+            f"""() => [...document.querySelectorAll('[data-testid="stMetric"]')]
+                .some(m => m.innerText.includes('Invocations') && !m.innerText.includes('{first}'))""",
+            timeout=15_000)
+        time.sleep(1)
+        page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        assert page.locator('[data-testid="stException"]').count() == 0
+        alerts = page.locator('[data-testid="stAlert"]').all_inner_texts()
+        assert not any("Cannot reach" in a or "Runtime not running" in a for a in alerts), alerts
+        assert page.locator(".vega-embed").count() == 5
+        browser.close()
+    assert ready_after < 15, f"charts drew after {ready_after:.1f} s"
