@@ -9,6 +9,9 @@ import pandas as pd
 
 from runtime import schema
 
+# Frames arrive downsampled to about a chart's width per series; many cores still make many rows.
+alt.data_transformers.disable_max_rows()
+
 CPU_AVERAGE = re.compile(r"^avg-util-cpu(\d+)-60sec$")
 GIB = 1024**3
 HEIGHT = 220
