@@ -4,4 +4,5 @@ import sys
 
 from runtime.loop import main
 
-sys.exit(main())
+if __name__ == "__main__":  # handler workers are spawned processes that import this module too
+    sys.exit(main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ DEFAULT_RETENTION_SECONDS = 24 * 3600
 DEFAULT_BUFFER_SAMPLES = 17_280  # a day at 5 s, kept by the collector while Redis is away
 DEFAULT_BATCH = 256  # samples read and committed together when a backlog builds up
 ERRORS_KEPT = 1000  # entries of the errors stream
+DEFAULT_HANDLER_TIMEOUT = 30.0
+DEFAULT_HTTP_PORT = 8080
 
 # The block of one XREAD: bounds how long a stop request waits. The socket timeout must exceed it.
 BLOCK_SECONDS = 1.0
@@ -117,6 +120,10 @@ class RuntimeConfig:
     retention_seconds: float
     start_from_earliest: bool
     batch_size: int = DEFAULT_BATCH
+    handler_timeout: float = DEFAULT_HANDLER_TIMEOUT  # 0: call in-process, without a hard timeout
+    work_dir: Path = Path(tempfile.gettempdir()) / "runtime"
+    requirements: Path | None = None
+    http_port: int | None = DEFAULT_HTTP_PORT  # None: no HTTP server; 0: any free port
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RuntimeConfig:
@@ -137,7 +144,28 @@ class RuntimeConfig:
             retention_seconds=_number(env, "RETENTION_SECONDS", DEFAULT_RETENTION_SECONDS, 1),
             start_from_earliest=start_from == "earliest",
             batch_size=int(_number(env, "BATCH_SIZE", DEFAULT_BATCH, 1)),
+            handler_timeout=_number(env, "HANDLER_TIMEOUT", DEFAULT_HANDLER_TIMEOUT, 0),
+            work_dir=Path(env.get("WORK_DIR", "").strip() or Path(tempfile.gettempdir()) / "runtime"),
+            requirements=_requirements_file(env),
+            http_port=_http_port(env),
         )
+
+
+def _requirements_file(env: Mapping[str, str]) -> Path | None:
+    """The reference runtime's NEW_REQUERIMENTS (its spelling), or FUNCTION_REQUIREMENTS."""
+    name = env.get("FUNCTION_REQUIREMENTS", "").strip() or env.get("NEW_REQUERIMENTS", "").strip()
+    return Path(name) if name else None
+
+
+def _http_port(env: Mapping[str, str]) -> int | None:
+    text = env.get("HTTP_PORT", "").strip().lower()
+    if text in ("off", "none", "-1"):
+        return None
+    if not text:
+        return DEFAULT_HTTP_PORT
+    if not text.isdigit() or int(text) > 65535:
+        raise ConfigError(f"HTTP_PORT={text!r} is not a port number (0 for any free port, off for none)")
+    return int(text)
 
 
 @dataclass(frozen=True)

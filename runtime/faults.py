@@ -19,6 +19,8 @@ class Fault(str, enum.Enum):
     OUTPUT_TOO_LARGE = "output_too_large"
     INPUT_INVALID = "input_invalid"  # the sample is not a JSON object
     FUNCTION_LOAD = "function_load"  # the module cannot be imported or has no usable entry point
+    TIMEOUT = "timeout"  # the handler ran past HANDLER_TIMEOUT and its worker was killed
+    WORKER_DIED = "worker_died"  # the handler ended its process (os._exit, a crash, out of memory)
 
 
 class FunctionLoadError(Exception):

@@ -1,12 +1,14 @@
 """The runtime loop: wait for the next samples, call the handler on each, commit the effects at once.
 
     read   the input stream from the checkpoint's cursor (XREAD BLOCK), or poll the plain key
-    call   handler(input, context) for each sample, turning every fault into an error record
+    call   handler(input, context) for each sample, every fault becoming an error record
     commit output SET + output-stream entries + error records + checkpoint (cursor, env) + status
            in one MULTI/EXEC, so a crash at any point leaves either all of a batch or none of it
 
 After a restart the loop resumes at the committed cursor with the committed `context.env`, so every
-sample is handled exactly once. Redis going away costs a wait, never a sample.
+sample is handled exactly once. An invocation that hangs or kills its worker is recorded, and the
+batch is read again from the checkpoint in a fresh worker. Redis going away costs a wait, never a
+sample.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,9 +31,11 @@ import redis
 from runtime import envcodec, schema
 from runtime.config import BACKOFF_CAP_SECONDS, BLOCK_SECONDS, ERRORS_KEPT, ConfigError, RuntimeConfig
 from runtime.config import configure_logging, connect
-from runtime.context import Context
-from runtime.faults import Fault, describe, record, user_traceback
-from runtime.function import FunctionSource
+from runtime.faults import Fault, record
+from runtime.invoke import FunctionSettings, InProcess, InvocationLost
+from runtime.observe import Health, Metrics, serve
+from runtime.requirements import RequirementsError, install
+from runtime.worker import Worker
 
 log = logging.getLogger("runtime")
 
@@ -51,37 +55,38 @@ class Sample:
 
 
 @dataclass
-class Outcome:
-    sample: Sample
-    timestamp: str | None = None  # the sample's own `timestamp` field
-    output: str | None = None  # JSON to store; None when the handler returned something falsy
-    error: dict[str, Any] | None = None
-    duration: float = 0.0
-
-
-@dataclass
 class Checkpoint:
     cursor: str | None = None
-    env: Any = field(default_factory=dict)
-    env_data: Any = field(default_factory=dict)  # env as last committed; None when it was not durable
+    env_data: Any = None  # the env as committed (envcodec data); None when it was not durable
     last_execution: datetime | None = None
 
 
 class Runtime:
-    def __init__(self, config: RuntimeConfig, client: redis.Redis, stop: threading.Event) -> None:
+    def __init__(self, config: RuntimeConfig, client: redis.Redis, stop: threading.Event,
+                 invoker: InProcess | Worker | None = None) -> None:
         self.config = config
         self.keys = config.keys
         self.client = client
         self.stop = stop
-        self.function = FunctionSource(config.function_path, config.handler_name)
-        url = urlsplit(config.redis.url)
-        self.context = Context(url.hostname or "localhost", url.port or 6379, self.keys.input, self.keys.output, "")
-        self.committed = Checkpoint()
-        self.ready = False
+        self.invoker = invoker or make_invoker(config)
+        self.committed = Checkpoint(env_data={})
+        self.metrics = Metrics()
+        self.health = Health()
         self.stream_mode = False
+        self.lost: dict[str, dict[str, Any]] = {}  # cursor -> error of an invocation that did not return
         self._pending: str | None = None  # cursor of a commit whose outcome is unknown
+        self._restored = False
         self._reported_load_error: str | None = None
         self._last_heartbeat = 0.0
+
+    @property
+    def ready(self) -> bool:
+        return self.health.ready
+
+    @ready.setter
+    def ready(self, value: bool) -> None:
+        self.health.ready = value
+        self.metrics.ready.set(1 if value else 0)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -90,33 +95,51 @@ class Runtime:
         if not self.keys.output:
             log.warning("no REDIS_OUTPUT_KEY: the handler runs on every sample but nothing is stored")
         backoff = 0.1
-        while not self.stop.is_set():
-            try:
-                if not self.ready:
-                    self._restore()
-                if not self._function_ready():
-                    continue
-                batch = self._next_batch()
-                if batch:
-                    self._commit([self._invoke(s) for s in self._until_stopped(batch)])
-                else:
-                    self._heartbeat()
-                backoff = 0.1
-            except redis.RedisError as error:  # unreachable, restarting, out of memory, wrong key type
-                self.ready = False
-                log.warning("redis_unavailable url=%s error=%s retry_in=%.1fs",
-                            self.config.redis.safe_url(), error, backoff)
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_CAP_SECONDS)
-        self._write_status({"state": "stopped"})
+        try:
+            while not self.stop.is_set():
+                self.health.beat()
+                try:
+                    self._step()
+                    backoff = 0.1
+                except redis.RedisError as error:  # unreachable, restarting, out of memory, wrong key type
+                    self.ready = False
+                    self._restored = False
+                    log.warning("redis_unavailable url=%s error=%s retry_in=%.1fs",
+                                self.config.redis.safe_url(), error, backoff)
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, BACKOFF_CAP_SECONDS)
+            self._write_status({"state": "stopped"})
+        finally:
+            self.invoker.close()
         log.info("stopped cursor=%s", self.committed.cursor)
 
-    def _until_stopped(self, batch: list[Sample]):
-        """The batch, cut short after the current invocation once a stop is requested."""
+    def _step(self) -> None:
+        if not self._restored:
+            self._restore()
+        if not self._function_ready():
+            return
+        self.ready = True
+        batch = self._next_batch()
+        if not batch:
+            self._heartbeat()
+            return
+        outcomes = []
         for sample in batch:
-            yield sample
-            if self.stop.is_set():
+            try:
+                outcomes.append(self._invoke(sample))
+            except InvocationLost as lost:
+                self._forget_batch(sample, lost.error)
                 return
+            if self.stop.is_set():  # warm stop: finish this invocation, commit, leave
+                break
+        self._commit(outcomes)
+
+    def _forget_batch(self, sample: Sample, error: dict[str, Any]) -> None:
+        """The worker is gone with the env of this batch: re-read it from the checkpoint, this sample recorded."""
+        self.lost[sample.cursor] = error
+        log.warning("invocation_lost sample=%s fault=%s error=%s; re-reading from cursor=%s",
+                    sample.entry_id or sample.cursor, error["fault"], error["message"], self.committed.cursor)
+        self.invoker.restore(self.committed.env_data, self.committed.last_execution)
 
     def _restore(self) -> None:
         """Adopt the stored checkpoint (first start), or settle an unconfirmed commit (after an outage)."""
@@ -124,61 +147,55 @@ class Runtime:
         stored = self._load_checkpoint()
         pending, self._pending = self._pending, None
         if pending is not None and stored.cursor == pending:
-            self.committed = Checkpoint(pending, self.context.env, stored.env_data, self.context.last_execution)
+            self.committed = Checkpoint(pending, stored.env_data, stored.last_execution)  # it landed
         elif pending is not None:
-            self._roll_back(pending)
+            log.info("commit_lost cursor=%s: re-running from %s", pending, self.committed.cursor)
+            self._restore_env(self.committed)
         elif self.committed.cursor is None or stored.cursor not in (None, self.committed.cursor):
             self.committed = stored
-            self.context.env = stored.env
-            self.context.last_execution = stored.last_execution
+            self._restore_env(stored)
             log.info("resumed cursor=%s", stored.cursor)
-        self.ready = True
-        self._write_status({"state": "running", "pid": str(os.getpid()), "started": _now()})
+        self._restored = True
+        self._write_status({"state": "running", "pid": str(os.getpid()), "started": _now()}, force=True)
 
-    def _roll_back(self, cursor: str) -> None:
-        """The batch up to `cursor` was not stored: go back to the committed env and run it again."""
-        if self.committed.env_data is None:
-            log.warning("commit_lost cursor=%s: env is not durable, so the re-run batch may count twice", cursor)
-        else:
-            self.context.env = envcodec.decode(self.committed.env_data)
-        self.context.last_execution = self.committed.last_execution
-        log.info("commit_lost cursor=%s: re-running from %s", cursor, self.committed.cursor)
+    def _restore_env(self, checkpoint: Checkpoint) -> None:
+        if checkpoint.env_data is None:  # kept in memory only: what is there is the best there is
+            log.warning("env_not_restored cursor=%s: the env is not durable, so it is not rolled back",
+                        checkpoint.cursor)
+            return
+        self.invoker.restore(checkpoint.env_data, checkpoint.last_execution)
 
     def _load_checkpoint(self) -> Checkpoint:
         if not self.keys.output:
-            return Checkpoint(cursor=self.committed.cursor, env=self.context.env)
+            return self.committed
         text = self.client.get(self.keys.state)
         if text is None:
-            return Checkpoint()
+            return Checkpoint(env_data={})
         try:
             state = json.loads(text)
             checkpoint = Checkpoint(cursor=state.get("cursor"), env_data=state.get("env"))
             if state.get("last_execution"):
                 checkpoint.last_execution = datetime.fromisoformat(state["last_execution"])
+            if checkpoint.env_data is not None:
+                envcodec.decode(checkpoint.env_data)  # refuse it here, not in the worker
         except (ValueError, TypeError, AttributeError) as error:
             log.error("checkpoint_unreadable key=%s error=%s; starting without it", self.keys.state, error)
-            return Checkpoint()
-        if checkpoint.env_data is not None:
-            try:
-                checkpoint.env = envcodec.decode(checkpoint.env_data)
-            except ValueError as error:
-                log.error("checkpoint_env_unreadable key=%s error=%s; starting with an empty env", self.keys.state, error)
-        elif not state.get("env_durable", True):
-            log.warning("checkpoint_env_not_durable reason=%s; starting with an empty env", state.get("env_error"))
+            return Checkpoint(env_data={})
         return checkpoint
 
     def _function_ready(self) -> bool:
         """Load or reload the function; while none has ever loaded, wait and report why."""
-        if self.function.refresh():
-            self._write_status({"function_version": self.function.current.version, "function_error": ""})
-        if self.function.error and self.function.error != self._reported_load_error:
-            self._reported_load_error = self.function.error
-            self._store_error(record(Fault.FUNCTION_LOAD, self.function.error, None, None))
-        if self.function.current is None:
+        if self.invoker.refresh():
+            self.metrics.function.info({"version": self.invoker.version})
+            self._write_status({"function_version": self.invoker.version, "function_error": ""}, force=True)
+        if self.invoker.error and self.invoker.error != self._reported_load_error:
+            self._store_error(record(Fault.FUNCTION_LOAD, self.invoker.error, None, None))
+        self._reported_load_error = self.invoker.error
+        if self.invoker.version is None:
+            self.ready = False
             self._write_status({"state": "function_error"})
             self.stop.wait(min(self.config.interval, 2.0))
             return False
-        self.context.function_getmtime = self.function.current.getmtime
         return True
 
     # --- read -----------------------------------------------------------------------------------
@@ -231,81 +248,32 @@ class Runtime:
 
     # --- call -----------------------------------------------------------------------------------
 
-    def _invoke(self, sample: Sample) -> Outcome:
-        outcome = Outcome(sample)
-        if sample.raw is None:
-            outcome.error = record(Fault.INPUT_INVALID, sample.problem, sample.entry_id, None)
-            return outcome
-        try:
-            payload = schema.decode_object(sample.raw)
-        except schema.SampleError as error:
-            outcome.error = record(Fault.INPUT_INVALID, str(error), sample.entry_id, None)
-            return outcome
-        outcome.timestamp = payload.get(schema.TIMESTAMP) if isinstance(payload.get(schema.TIMESTAMP), str) else None
-        self._reset_context_fields()
-        started = time.perf_counter()
-        try:
-            result = self.function.current.handler(schema.with_aliases(payload), self.context)
-        except KeyboardInterrupt:
-            raise
-        except BaseException as error:  # noqa: BLE001 - sys.exit() in user code must not end the runtime
-            outcome.error = record(Fault.HANDLER_ERROR, describe(error), sample.entry_id, outcome.timestamp,
-                                   user_traceback(error))
-            return outcome
-        finally:
-            outcome.duration = time.perf_counter() - started
-        self.context.last_execution = datetime.now()
-        if result:
-            self._encode_output(result, outcome)
+    def _invoke(self, sample: Sample) -> dict[str, Any]:
+        if sample.cursor in self.lost:  # it hung or killed its worker before: recorded, not run again
+            error = self.lost.pop(sample.cursor)
+            return {"sample": sample, "timestamp": error["sample_timestamp"] or None, "output": None,
+                    "error": error, "duration": 0.0}
+        outcome = self.invoker.invoke(sample.raw, sample.problem, sample.entry_id)
+        outcome["sample"] = sample
+        self.metrics.duration.observe(outcome["duration"])
         return outcome
-
-    def _reset_context_fields(self) -> None:
-        """As the reference does before every call: a handler that overwrote them gets them back."""
-        ctx = self.context
-        ctx.input_key, ctx.output_key = self.keys.input, self.keys.output
-        ctx.function_getmtime = self.function.current.getmtime
-
-    def _encode_output(self, result: Any, outcome: Outcome) -> None:
-        try:
-            text = json.dumps(result, default=_json_default, allow_nan=False)
-        except (TypeError, ValueError, RecursionError) as error:
-            outcome.error = record(Fault.OUTPUT_NOT_JSON, f"the handler's result cannot be stored as JSON: {error}. "
-                                   "Return a dict of numbers, strings, lists and dicts",
-                                   outcome.sample.entry_id, outcome.timestamp)
-            return
-        if len(text) > self.config.output_max_bytes:
-            outcome.error = record(Fault.OUTPUT_TOO_LARGE, f"the handler's result is {len(text):,} bytes as JSON, "
-                                   f"over OUTPUT_MAX_BYTES={self.config.output_max_bytes:,}",
-                                   outcome.sample.entry_id, outcome.timestamp)
-            return
-        outcome.output = text
 
     # --- commit ---------------------------------------------------------------------------------
 
-    def _commit(self, outcomes: list[Outcome]) -> None:
+    def _commit(self, outcomes: list[dict[str, Any]]) -> None:
         """Store the batch's outputs, errors, checkpoint and status in one transaction."""
         if not outcomes:
             return
-        cursor = outcomes[-1].sample.cursor
+        cursor = outcomes[-1]["sample"].cursor
+        last_execution = _last_execution(outcomes, self.committed.last_execution)
+        errors = [o["error"] for o in outcomes if o["error"] is not None]
         if not self.keys.output:
-            self.committed.cursor = cursor
+            self.committed = Checkpoint(cursor, None, last_execution)
+            self._account(outcomes, errors)
             return
-        env_data, env_error = _encode_env(self.context.env)
-        minid = _minid(self.config.retention_seconds)
+        env_data, env_error = self.invoker.env_data()
         pipe = self.client.pipeline(transaction=True)
-        last_output = None
-        for outcome in outcomes:
-            if outcome.output is not None:
-                last_output = outcome.output
-                pipe.xadd(self.keys.output_stream, {schema.SAMPLE_ID_FIELD: outcome.sample.entry_id or "",
-                                                    schema.TIMESTAMP: outcome.timestamp or "",
-                                                    schema.OUTPUT_FIELD: outcome.output},
-                          minid=minid, approximate=True)
-            if outcome.error is not None:
-                pipe.xadd(self.keys.errors, outcome.error, maxlen=ERRORS_KEPT, approximate=True)
-        if last_output is not None:
-            pipe.set(self.keys.output, last_output)
-        last_execution = self.context.last_execution
+        self._queue_effects(pipe, outcomes)
         pipe.set(self.keys.state, json.dumps({
             "cursor": cursor,
             "env": env_data,
@@ -313,8 +281,7 @@ class Runtime:
             "env_error": env_error,
             "last_execution": last_execution.isoformat() if last_execution else None,
         }, allow_nan=False))
-        errors = [o.error for o in outcomes if o.error is not None]
-        status = self._status_fields(outcomes[-1], env_error)
+        status = self._status_fields(outcomes[-1], last_execution, env_error)
         if errors:
             status["last_error"] = json.dumps(errors[-1])
             for error in errors:
@@ -327,23 +294,48 @@ class Runtime:
         except redis.RedisError:
             self._pending = cursor  # the reply was lost: _restore() reads whether it landed
             raise
-        self.committed = Checkpoint(cursor, self.context.env, env_data, last_execution)
+        self.committed = Checkpoint(cursor, env_data, last_execution)
         self._last_heartbeat = time.monotonic()
-        for error in errors:
-            log.warning("invocation_failed sample=%s fault=%s error=%s", error["sample_id"] or cursor,
-                        error["fault"], error["message"])
+        self._account(outcomes, errors)
         log.info("committed samples=%d cursor=%s errors=%d lag_s=%s", len(outcomes), cursor, len(errors),
                  status.get("lag_seconds", "?"))
 
-    def _status_fields(self, last: Outcome, env_error: str | None) -> dict[str, str]:
+    def _queue_effects(self, pipe: redis.client.Pipeline, outcomes: list[dict[str, Any]]) -> None:
+        minid = int((time.time() - self.config.retention_seconds) * 1000)
+        last_output = None
+        for outcome in outcomes:
+            if outcome["output"] is not None:
+                last_output = outcome["output"]
+                pipe.xadd(self.keys.output_stream, {schema.SAMPLE_ID_FIELD: outcome["sample"].entry_id or "",
+                                                    schema.TIMESTAMP: outcome["timestamp"] or "",
+                                                    schema.OUTPUT_FIELD: outcome["output"]},
+                          minid=minid, approximate=True)
+            if outcome["error"] is not None:
+                pipe.xadd(self.keys.errors, outcome["error"], maxlen=ERRORS_KEPT, approximate=True)
+        if last_output is not None:
+            pipe.set(self.keys.output, last_output)
+
+    def _account(self, outcomes: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
+        """Metrics and logs of a committed batch."""
+        self.metrics.invocations.inc(len(outcomes))
+        lag = _lag_seconds(outcomes[-1])
+        if lag is not None:
+            self.metrics.lag.observe(max(lag, 0.0))
+        for error in errors:
+            self.metrics.errors.labels(fault=error["fault"]).inc()
+            log.warning("invocation_failed sample=%s fault=%s error=%s", error["sample_id"] or "-",
+                        error["fault"], error["message"])
+
+    def _status_fields(self, last: dict[str, Any], last_execution: datetime | None,
+                       env_error: str | None) -> dict[str, str]:
         status = {
             "state": "running",
             "mode": "stream" if self.stream_mode else "poll",
-            "last_sample_id": last.sample.entry_id or "",
-            "last_sample_timestamp": last.timestamp or "",
-            "last_execution": self.context.last_execution.isoformat(sep=" ") if self.context.last_execution else "",
-            "last_duration_ms": f"{last.duration * 1000:.3f}",
-            "function_version": self.function.current.version,
+            "last_sample_id": last["sample"].entry_id or "",
+            "last_sample_timestamp": last["timestamp"] or "",
+            "last_execution": last_execution.isoformat(sep=" ") if last_execution else "",
+            "last_duration_ms": f"{last['duration'] * 1000:.3f}",
+            "function_version": self.invoker.version or "",
             "env_durable": "1" if env_error is None else "0",
             "env_error": env_error or "",
             "heartbeat": _now(),
@@ -355,6 +347,7 @@ class Runtime:
 
     def _store_error(self, error: dict[str, Any]) -> None:
         log.error("error fault=%s message=%s", error["fault"], error["message"])
+        self.metrics.errors.labels(fault=error["fault"]).inc()
         if not self.keys.output:
             return
         pipe = self.client.pipeline(transaction=True)
@@ -364,8 +357,8 @@ class Runtime:
         pipe.hincrby(self.keys.status, f"errors_{error['fault']}", 1)
         pipe.execute()
 
-    def _write_status(self, fields: dict[str, str]) -> None:
-        if self.keys.output and self.ready:
+    def _write_status(self, fields: dict[str, str], force: bool = False) -> None:
+        if self.keys.output and (self._restored or force):
             try:
                 self.client.hset(self.keys.status, mapping={**fields, "heartbeat": _now()})
             except redis.RedisError as error:
@@ -377,34 +370,44 @@ class Runtime:
             self._last_heartbeat = time.monotonic()
             self._write_status({"state": "running", "mode": "stream" if self.stream_mode else "poll"})
 
+    def describe(self) -> str:
+        """Why the runtime is not ready, for /readyz."""
+        if self.invoker.version is None:
+            return f"no function loaded ({self.invoker.error or 'loading'})"
+        return "Redis unreachable" if not self._restored else "starting"
+
 
 # --- helpers ------------------------------------------------------------------------------------
 
-def _encode_env(env: Any) -> tuple[Any, str | None]:
-    try:
-        return envcodec.encode(env), None
-    except envcodec.NotDurable as error:
-        return None, str(error)
+def make_invoker(config: RuntimeConfig, extra_paths: list[str] | None = None) -> InProcess | Worker:
+    """A worker process with a hard timeout, or (HANDLER_TIMEOUT=0) calls in this process."""
+    url = urlsplit(config.redis.url)
+    settings = FunctionSettings(
+        path=config.function_path, handler=config.handler_name, unpack_dir=config.work_dir / "functions",
+        output_max_bytes=config.output_max_bytes,
+        context_fields={"host": url.hostname or "localhost", "port": url.port or 6379,
+                        "input_key": config.keys.input, "output_key": config.keys.output})
+    if config.handler_timeout > 0:
+        return Worker(settings, config.handler_timeout, extra_paths)
+    return InProcess(settings)
 
 
-def _json_default(value: Any) -> Any:
-    """numpy numbers and arrays, and datetimes, as JSON; anything else is not JSON."""
-    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, datetime):
-        return value.isoformat(sep=" ")
-    raise TypeError(f"{type(value).__name__} {value!r:.80} is not JSON serializable")
+def _last_execution(outcomes: list[dict[str, Any]], previous: datetime | None) -> datetime | None:
+    for outcome in reversed(outcomes):
+        if outcome.get("last_execution"):
+            return datetime.fromisoformat(outcome["last_execution"])
+    return previous
 
 
-def _lag_seconds(outcome: Outcome) -> float | None:
+def _lag_seconds(outcome: dict[str, Any]) -> float | None:
     """Sample time to output stored: from the sample's timestamp, else from its stream id."""
-    if outcome.timestamp:
+    if outcome["timestamp"]:
         try:
-            return (datetime.now() - schema.parse_timestamp(outcome.timestamp)).total_seconds()
+            return (datetime.now() - schema.parse_timestamp(outcome["timestamp"])).total_seconds()
         except schema.SampleError:
             pass
-    if outcome.sample.entry_id:
-        return time.time() - schema.stream_id_millis(outcome.sample.entry_id) / 1000
+    if outcome["sample"].entry_id:
+        return time.time() - schema.stream_id_millis(outcome["sample"].entry_id) / 1000
     return None
 
 
@@ -416,10 +419,6 @@ def _just_before(entry_id: str) -> str:
     """The id XREAD must be given so that `entry_id` itself comes next."""
     millis, seq = (int(part) for part in entry_id.split("-"))
     return f"{millis}-{seq - 1}" if seq else f"{millis - 1}-{2**64 - 1}"
-
-
-def _minid(retention_seconds: float) -> int:
-    return int((time.time() - retention_seconds) * 1000)
 
 
 def _now() -> str:
@@ -437,8 +436,24 @@ def main() -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    log.info("starting redis=%s input=%s output=%s function=%s handler=%s", config.redis.safe_url(),
-             config.keys.input, config.keys.output, config.function_path, config.handler_name)
+    log.info("starting redis=%s input=%s output=%s function=%s handler=%s timeout=%gs", config.redis.safe_url(),
+             config.keys.input, config.keys.output, config.function_path, config.handler_name,
+             config.handler_timeout)
+    extra_paths = []
+    if config.requirements is not None and config.requirements.exists():
+        try:
+            extra_paths.append(str(install(config.requirements, config.work_dir / "packages")))
+        except RequirementsError as error:
+            log.error("requirements_failed %s", error)
+            print(f"runtime: {error}", file=sys.stderr)
+            return 3
+        sys.path[:0] = extra_paths
     client = connect(config.redis, client_name="runtime")
-    Runtime(config, client, stop).run()
+    runtime = Runtime(config, client, stop, make_invoker(config, extra_paths))
+    if config.http_port is not None:
+        try:
+            serve(config.http_port, runtime.health, runtime.metrics, runtime.describe)
+        except OSError as error:  # the runtime's job is the samples: go on without probes
+            log.error("http_not_started port=%d error=%s; set HTTP_PORT to a free port", config.http_port, error)
+    runtime.run()
     return 0

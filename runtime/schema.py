@@ -12,9 +12,10 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where frames are built: the runtime and collector never need it
+    import pandas as pd
 
 TIMESTAMP = "timestamp"
 # str(datetime.now()) drops ".000000"; we always write the microseconds so strptime("...%S.%f") works.
@@ -246,6 +247,8 @@ def stream_id_millis(entry_id: str | bytes) -> int:
 
 def samples_to_frame(samples: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """Samples as a DataFrame indexed by their time (`time`), known fields typed, in time order."""
+    import pandas as pd
+
     frame = pd.DataFrame.from_records(list(samples))
     if frame.empty:
         return pd.DataFrame(index=pd.DatetimeIndex([], name="time"))
@@ -270,6 +273,8 @@ def _known_order(columns: Iterable[str]) -> list[str]:
 
 def frame_to_samples(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """The inverse of samples_to_frame: one course-format dict per row, missing values left out."""
+    import pandas as pd
+
     samples = []
     for moment, row in zip(frame.index, frame.to_dict("records")):
         sample: dict[str, Any] = {TIMESTAMP: format_timestamp(pd.Timestamp(moment).to_pydatetime())}

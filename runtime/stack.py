@@ -89,7 +89,8 @@ class LocalStack:
         log.info("valkey_started url=%s data=%s", self.url, data_dir)
         env = {**os.environ, "REDIS_URL": self.url, "REDIS_INPUT_KEY": "metrics",
                "REDIS_OUTPUT_KEY": self.settings.output_key, "INTERVAL": f"{self.settings.interval:g}",
-               "FUNCTION_PATH": str(self.settings.function_path.resolve()), **self.settings.extra_env}
+               "FUNCTION_PATH": str(self.settings.function_path.resolve()), "HTTP_PORT": "off",
+               **self.settings.extra_env}
         for var in ("REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD"):
             env.pop(var, None)
         for role, module in (("collector", "runtime.collector"), ("runtime", "runtime")):

@@ -256,13 +256,16 @@ def test_student_handlers_run_unchanged_and_their_env_survives_a_restart(client,
 
 def test_a_sample_polled_before_the_stream_appeared_is_not_handled_again(client, redis_url, tmp_path):
     path = write_function(tmp_path, 'def handler(input, context):\n    return {"ts": input["timestamp"]}\n')
-    first, second = make_samples(2)
+    first, second, third = make_samples(3)
     client.set("metrics", json.dumps(first))
     env = runtime_env(redis_url, path, INTERVAL="0.05", START_FROM="latest")
     with running_runtime(env):
         wait_for(lambda: client.get("out"))
-        ids = publish(client, [json.dumps(first), second])  # the collector starts publishing the stream
+        publish(client, [json.dumps(first), second])  # the collector starts publishing the stream
         wait_for(lambda: client.hget("out:status", "invocations") == "2")
+        ids = publish(client, [third])
+        wait_for(lambda: client.hget("out:status", "invocations") == "3")
         time.sleep(0.2)
-    assert [o["ts"] for _, o in outputs(client, "out")] == [first["timestamp"], second["timestamp"]]
-    assert json.loads(client.get("out:state"))["cursor"] == ids[1]
+    timestamps = [o["ts"] for _, o in outputs(client, "out")]
+    assert timestamps == [first["timestamp"], second["timestamp"], third["timestamp"]]
+    assert json.loads(client.get("out:state"))["cursor"] == ids[0]

@@ -1,0 +1,164 @@
+"""Hard timeouts: the handler runs in a child process the runtime can kill.
+
+The child holds the function and the `context` (so `context.env` lives there between calls) and
+answers one JSON message per request over a pipe; nothing is pickled after start-up. An invocation
+that runs past HANDLER_TIMEOUT gets its worker killed; a handler that calls `os._exit()` or crashes
+ends only the worker. Either way the runtime starts a new worker from the last committed env.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import signal
+import sys
+from datetime import datetime
+from multiprocessing.connection import Connection
+from typing import Any
+
+from runtime import envcodec
+from runtime.context import Context
+from runtime.faults import Fault, record
+from runtime.function import FunctionSource, source_identity
+from runtime.invoke import FunctionSettings, InvocationLost, call, encode_env
+
+log = logging.getLogger("runtime.worker")
+
+START_TIMEOUT = 120.0  # seconds a new worker may take to import the function (pandas, numpy…)
+
+
+def _serve(conn: Connection, settings: FunctionSettings, extra_paths: list[str]) -> None:
+    """The child: answer requests until the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the runtime, which stops us itself
+    sys.path[:0] = extra_paths
+    function = FunctionSource(settings.path, settings.handler, settings.unpack_dir)
+    context = Context(function_getmtime="", **settings.context_fields)
+    while True:
+        try:
+            request = json.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            return
+        op = request["op"]
+        if op == "invoke":
+            reply = call(function, context, settings, request["raw"], request["problem"], request["entry_id"])
+        elif op == "load":
+            function.refresh()
+            current = function.current
+            reply = {"version": current.version if current else None, "error": function.error}
+        elif op == "env":
+            data, error = encode_env(context.env)
+            reply = {"env": data, "error": error}
+        elif op == "restore":
+            context.env = envcodec.decode(request["env"]) if request["env"] is not None else {}
+            last = request["last_execution"]
+            context.last_execution = datetime.fromisoformat(last) if last else None
+            reply = {}
+        else:
+            reply = {"unknown": op}
+        conn.send_bytes(json.dumps(reply).encode())
+
+
+class Worker:
+    """The runtime's handle on its worker process; the same interface as invoke.InProcess."""
+
+    def __init__(self, settings: FunctionSettings, timeout: float, extra_paths: list[str] | None = None) -> None:
+        self.settings = settings
+        self.timeout = timeout
+        self.extra_paths = extra_paths or []
+        self.version: str | None = None
+        self.error: str | None = None
+        self._identity: tuple | None = None
+        self._process: multiprocessing.Process | None = None
+        self._conn: Connection | None = None
+        self._env_data: Any = {}  # the env a new worker starts from (None: not durable, start empty)
+        self._last_execution: datetime | None = None
+
+    # --- the same interface as InProcess -----------------------------------------------------
+
+    def refresh(self) -> bool:
+        """(Re)start the worker if needed and reload the function when its files changed."""
+        identity = source_identity(self.settings.path)
+        if self._process is not None and identity == self._identity:
+            return False
+        if self._process is None:
+            self._start()
+        self._identity = identity
+        previous = self.version
+        reply = self._request({"op": "load"}, START_TIMEOUT)
+        self.version, self.error = reply["version"] or previous, reply["error"]
+        return reply["version"] is not None and reply["version"] != previous
+
+    def invoke(self, raw: str | None, problem: str | None, entry_id: str | None) -> dict[str, Any]:
+        try:
+            return self._request({"op": "invoke", "raw": raw, "problem": problem, "entry_id": entry_id}, self.timeout)
+        except InvocationLost as lost:
+            lost.error.update(sample_id=entry_id or "", sample_timestamp=_timestamp_of(raw))
+            raise
+
+    def env_data(self) -> tuple[Any, str | None]:
+        reply = self._request({"op": "env"}, START_TIMEOUT)
+        return reply["env"], reply["error"]
+
+    def restore(self, env_data: Any, last_execution: datetime | None) -> None:
+        """The env a worker starts from; sent now if one runs, else when the next one starts."""
+        self._env_data, self._last_execution = env_data, last_execution
+        if self._process is not None:
+            self._send_env()
+
+    def close(self) -> None:
+        if self._process is not None:
+            self._conn.close()
+            self._process.join(2)
+            self._kill()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    # --- the process ---------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no locks copied from our threads
+        parent, child = spawn.Pipe()
+        self._process = spawn.Process(target=_serve, args=(child, self.settings, self.extra_paths),
+                                      name="handler-worker", daemon=True)
+        self._process.start()
+        child.close()
+        self._conn = parent
+        self._identity = None
+        log.info("worker_started pid=%d timeout=%gs", self._process.pid, self.timeout)
+        self._send_env()
+
+    def _send_env(self) -> None:
+        last = self._last_execution.isoformat() if self._last_execution else None
+        self._request({"op": "restore", "env": self._env_data, "last_execution": last}, START_TIMEOUT)
+
+    def _kill(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            self._process.kill()
+            self._process.join(5)
+        self._process, self._conn, self._identity = None, None, None
+
+    def _request(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
+        self._conn.send_bytes(json.dumps(message).encode())
+        try:
+            if self._conn.poll(timeout):
+                return json.loads(self._conn.recv_bytes())
+        except (EOFError, OSError):
+            self._process.join(5)
+            code = self._process.exitcode
+            self._kill()
+            raise InvocationLost(record(Fault.WORKER_DIED, f"the handler's process ended (exit code {code}): "
+                                        "os._exit(), a crash or running out of memory", None, None)) from None
+        self._kill()
+        raise InvocationLost(record(Fault.TIMEOUT, f"the handler ran past HANDLER_TIMEOUT={self.timeout:g}s "
+                                    "and was stopped", None, None))
+
+
+def _timestamp_of(raw: str | None) -> str:
+    try:
+        value = json.loads(raw).get("timestamp") if raw else None
+    except (ValueError, AttributeError):
+        return ""
+    return value if isinstance(value, str) else ""
