@@ -123,6 +123,7 @@ class Runtime:
         if not batch:
             self._heartbeat()
             return
+        self._function_ready()  # an edit made while we waited for samples applies to them
         outcomes = []
         for sample in batch:
             try:

