@@ -41,6 +41,7 @@ log = logging.getLogger("runtime")
 
 POLL_PREFIX = "poll:"  # cursor of the polling mode: a digest of the last value handled
 HEARTBEAT_SECONDS = 2.0
+POLL_HANDOVER_SEARCH = 1000  # newest stream entries searched for the value polled last
 
 
 @dataclass
@@ -226,16 +227,22 @@ class Runtime:
                 samples.append(Sample(entry_id, schema.entry_payload(fields)))
             except schema.SampleError as error:
                 samples.append(Sample(entry_id, None, str(error)))
-        if samples and samples[0].raw is not None and self.committed.cursor == _poll_cursor(samples[0].raw):
-            self.committed.cursor = samples.pop(0).cursor  # handled by polling just before the stream began
         return samples
 
     def _start_cursor(self) -> str:
-        """Where a runtime without a stream checkpoint starts: the first entry, or the newest one."""
+        """Where reading the stream starts without a stream checkpoint.
+
+        After polling: right after the entry holding the value handled last, so nothing published
+        while we waited is skipped. Else the first entry, or (START_FROM=latest) the newest one.
+        """
         if self.config.start_from_earliest:
             return "0-0"
-        newest = self.client.xrevrange(self.keys.input_stream, count=1)
-        return _just_before(newest[0][0]) if newest else "0-0"
+        recent = self.client.xrevrange(self.keys.input_stream, count=POLL_HANDOVER_SEARCH)
+        polled = self.committed.cursor
+        for entry_id, fields in recent if polled and polled.startswith(POLL_PREFIX) else ():
+            if _poll_cursor(fields.get(schema.SAMPLE_FIELD, "")) == polled:
+                return entry_id
+        return _just_before(recent[0][0]) if recent else "0-0"
 
     def _poll(self) -> list[Sample]:
         """The course's trigger: GET the key every INTERVAL, but run only when the value changed."""
@@ -243,6 +250,8 @@ class Runtime:
         if raw is not None:
             cursor = _poll_cursor(raw)
             if cursor != self.committed.cursor:
+                if self.client.exists(self.keys.input_stream):
+                    return []  # the stream began since we looked: take the sample from there, in order
                 return [Sample(cursor, raw)]
         self.stop.wait(self.config.interval)
         return []

@@ -254,18 +254,19 @@ def test_student_handlers_run_unchanged_and_their_env_survives_a_restart(client,
     assert [o for _, o in outputs(client, "out")] == [o for _, o in outputs(client, "uninterrupted")]
 
 
-def test_a_sample_polled_before_the_stream_appeared_is_not_handled_again(client, redis_url, tmp_path):
+def test_switching_from_polling_to_the_stream_skips_nothing_and_repeats_nothing(client, redis_url, tmp_path):
     path = write_function(tmp_path, 'def handler(input, context):\n    return {"ts": input["timestamp"]}\n')
-    first, second, third = make_samples(3)
+    first, second, third, fourth = make_samples(4)
     client.set("metrics", json.dumps(first))
-    env = runtime_env(redis_url, path, INTERVAL="0.05", START_FROM="latest")
+    env = runtime_env(redis_url, path, INTERVAL="0.3", START_FROM="latest")
     with running_runtime(env):
         wait_for(lambda: client.get("out"))
-        publish(client, [json.dumps(first), second])  # the collector starts publishing the stream
-        wait_for(lambda: client.hget("out:status", "invocations") == "2")
-        ids = publish(client, [third])
+        # The collector starts publishing the stream while the runtime sleeps between polls.
+        publish(client, [json.dumps(first), second, third])
         wait_for(lambda: client.hget("out:status", "invocations") == "3")
+        ids = publish(client, [fourth])
+        wait_for(lambda: client.hget("out:status", "invocations") == "4")
         time.sleep(0.2)
     timestamps = [o["ts"] for _, o in outputs(client, "out")]
-    assert timestamps == [first["timestamp"], second["timestamp"], third["timestamp"]]
+    assert timestamps == [s["timestamp"] for s in (first, second, third, fourth)]
     assert json.loads(client.get("out:state"))["cursor"] == ids[0]

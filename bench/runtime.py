@@ -1,0 +1,208 @@
+"""Freshness and throughput of the runtime, side by side with the polling baseline, in one run.
+
+    python -m bench.runtime              # both
+    python -m bench.runtime freshness    # sample published -> output visible, at 1 and 10 samples/s
+    python -m bench.runtime throughput   # sustained invocations/s on a burst; duplicates and misses
+
+Freshness runs three consumers on the same samples at once: our runtime on the stream, our runtime
+polling the plain key (INTERVAL=5), and the baseline that behaves like the reference (GET every 5 s,
+re-running the handler on unchanged input).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+from bench.common import save, synthetic_samples, table, valkey
+from runtime import schema
+
+REPO = Path(__file__).resolve().parent.parent
+# Counts its invocations, so a re-run on the same sample shows as a new output.
+ECHO = ("def handler(input, context):\n    context.env['n'] = context.env.get('n', 0) + 1\n"
+        "    return {'ts': input['timestamp'], 'n': context.env['n']}\n")
+TRIVIAL = "def handler(input, context):\n    return {'ok': 1}\n"
+
+
+def spawn(module: str, env: dict[str, str]) -> subprocess.Popen:
+    full = {**os.environ, "PYTHONPATH": str(REPO), "LOG_LEVEL": "WARNING", "HTTP_PORT": "off", **env}
+    return subprocess.Popen([sys.executable, "-m", module], env=full, cwd=REPO)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": float("nan"), "p90": float("nan"), "p99": float("nan"), "max": float("nan")}
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": ordered[-1]}
+
+
+class Watcher(threading.Thread):
+    """Records when each sample's output first becomes visible, and how often a sample is handled."""
+
+    def __init__(self, client: redis.Redis, output_key: str, stream: bool) -> None:
+        super().__init__(daemon=True)
+        self.client, self.key, self.stream = client, output_key, stream
+        self.seen: dict[str, float] = {}
+        self.handled: dict[str, int] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        if self.stream:
+            cursor = "$"
+            while not self.stop.is_set():
+                reply = self.client.xread({f"{self.key}:stream": cursor}, block=200)
+                now = time.time()
+                for entry_id, fields in reply[0][1] if reply else ():
+                    cursor = entry_id
+                    self._record(json.loads(fields[schema.OUTPUT_FIELD])["ts"], now)
+        else:
+            last = None
+            while not self.stop.is_set():
+                raw = self.client.get(self.key)  # the baseline SETs every interval, changed or not
+                if raw is not None and raw != last:
+                    last = raw
+                    self._record(json.loads(raw)["ts"], time.time())
+                time.sleep(0.002)
+
+    def _record(self, ts: str, now: float) -> None:
+        self.seen.setdefault(ts, now)
+        self.handled[ts] = self.handled.get(ts, 0) + 1
+
+
+def freshness() -> dict:
+    results, rows = {}, []
+    with valkey() as server, tempfile.TemporaryDirectory() as tmp:
+        function = Path(tmp, "echo.py")
+        function.write_text(ECHO)
+        client = redis.Redis(port=server.port, decode_responses=True)
+        base = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(server.port), "FUNCTION_PATH": str(function)}
+        consumers = {
+            "ours, stream": ({"REDIS_INPUT_KEY": "metrics", "REDIS_OUTPUT_KEY": "f-stream"}, "runtime", True),
+            "ours, poll (INTERVAL=5)": ({"REDIS_INPUT_KEY": "plain", "REDIS_OUTPUT_KEY": "f-poll", "INTERVAL": "5"},
+                                        "runtime", True),
+            "baseline (reference, INTERVAL=5)": ({"REDIS_INPUT_KEY": "plain", "REDIS_OUTPUT_KEY": "f-base",
+                                                  "INTERVAL": "5"}, "bench.baseline", False),
+        }
+        processes = [spawn(module, {**base, **env}) for env, module, _ in consumers.values()]
+        try:
+            time.sleep(3)  # let every consumer start
+            # 0.1/s: the collector slower than the runtime polls, where the reference re-runs stale samples.
+            for rate, seconds in ((1, 30), (10, 10), (0.1, 40)):
+                watchers = {name: Watcher(client, env["REDIS_OUTPUT_KEY"], stream)
+                            for name, (env, _, stream) in consumers.items()}
+                for watcher in watchers.values():
+                    watcher.start()
+                published = publish_at(client, rate, seconds)
+                time.sleep(6)  # one more polling period for the slow consumers
+                for name, watcher in watchers.items():
+                    watcher.stop.set()
+                    watcher.join()
+                    latencies = [(watcher.seen[ts] - t) * 1000 for ts, t in published.items() if ts in watcher.seen]
+                    stats = percentiles(latencies)
+                    missed = sum(ts not in watcher.seen for ts in published)
+                    duplicates = sum(n - 1 for ts, n in watcher.handled.items() if ts in published)
+                    results[f"{name} @ {rate:g}/s"] = {**stats, "samples": len(published), "missed": missed,
+                                                     "duplicates": duplicates}
+                    rows.append([f"{rate:g}/s", name, *(f"{stats[k]:,.1f}" for k in ("p50", "p90", "p99", "max")),
+                                 f"{missed}/{len(published)}", duplicates])
+        finally:
+            for process in processes:
+                process.terminate()
+                process.wait(10)
+    print("Freshness: sample published -> output visible, ms")
+    print(table(["rate", "consumer", "p50", "p90", "p99", "max", "missed", "duplicates"], rows))
+    return results
+
+
+def publish_at(client: redis.Redis, rate: float, seconds: float) -> dict[str, float]:
+    """Publish fresh samples at `rate` per second, as the collector does; their publish times."""
+    published = {}
+    start = time.monotonic()
+    for i in range(int(rate * seconds)):
+        time.sleep(max(0.0, start + i / rate - time.monotonic()))
+        sample = synthetic_samples(1, cpus=8)[0]
+        payload = schema.encode_sample(sample)
+        pipe = client.pipeline(transaction=True)
+        pipe.xadd("metrics:stream", schema.sample_entry(payload))
+        pipe.set("metrics", payload)
+        pipe.set("plain", payload)
+        published[sample["timestamp"]] = time.time()
+        pipe.execute()
+    return published
+
+
+def throughput() -> dict:
+    cases = [("trivial", TRIVIAL, 8, 10_000), ("usermodule.py, 8 CPUs", None, 8, 5_000),
+             ("usermodule.py, 64 CPUs", None, 64, 2_000)]
+    results, rows = {}, []
+    with valkey() as server, tempfile.TemporaryDirectory() as tmp:
+        client = redis.Redis(port=server.port, decode_responses=True)
+        for label, source, cpus, count in cases:
+            path = REPO / "usermodule.py"
+            if source:
+                path = Path(tmp, "trivial.py")
+                path.write_text(source)
+            samples = [schema.encode_sample(s) for s in synthetic_samples(count, cpus=cpus)]
+            for isolation, timeout in (("worker (HANDLER_TIMEOUT=30)", "30"), ("in-process (HANDLER_TIMEOUT=0)", "0")):
+                client.flushall()
+                ids = burst(client, samples)
+                process = spawn("runtime", {"REDIS_URL": server.connection_url, "REDIS_OUTPUT_KEY": "t",
+                                            "FUNCTION_PATH": str(path), "START_FROM": "earliest",
+                                            "HANDLER_TIMEOUT": timeout})
+                try:
+                    deadline = time.monotonic() + 240
+                    while int(client.hget("t:status", "invocations") or 0) < count and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                finally:
+                    process.terminate()
+                    process.wait(10)
+                entries = client.xrange("t:stream")
+                handled = [fields[schema.SAMPLE_ID_FIELD] for _, fields in entries]
+                span = (schema.stream_id_millis(entries[-1][0]) - schema.stream_id_millis(entries[0][0])) / 1000
+                rate = (len(entries) - 1) / span if span > 0 else float("inf")
+                missed = len(set(ids) - set(handled))
+                duplicates = len(handled) - len(set(handled))
+                results[f"{label} / {isolation}"] = {"samples": count, "per_second": rate, "missed": missed,
+                                                     "duplicates": duplicates, "in_order": handled == ids}
+                rows.append([label, isolation, f"{count:,}", f"{rate:,.0f}", f"{rate / 0.2:,.0f}x", missed,
+                             duplicates, handled == ids])
+    print("Throughput: a burst handled as fast as it goes (baseline: 1 invocation per INTERVAL=5 s = 0.2/s)")
+    print(table(["handler", "isolation", "burst", "invocations/s", "vs baseline", "missed", "duplicates",
+                 "in order"], rows))
+    return results
+
+
+def burst(client: redis.Redis, payloads: list[str]) -> list[str]:
+    ids = []
+    for start in range(0, len(payloads), 1000):
+        pipe = client.pipeline(transaction=False)
+        for payload in payloads[start:start + 1000]:
+            pipe.xadd("metrics:stream", schema.sample_entry(payload))
+        ids += pipe.execute()
+    client.set("metrics", payloads[-1])
+    return ids
+
+
+def main(argv: list[str]) -> int:
+    which = argv[1:] or ["freshness", "throughput"]
+    results = {}
+    if "throughput" in which:
+        results["throughput"] = throughput()
+    if "freshness" in which:
+        results["freshness"] = freshness()
+    print(f"results: {save('runtime-' + '-'.join(which), results)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
