@@ -77,6 +77,7 @@ class Runtime:
         self.lost: dict[str, dict[str, Any]] = {}  # cursor -> error of an invocation that did not return
         self._pending: str | None = None  # cursor of a commit whose outcome is unknown
         self._restored = False
+        self._started_ms: int | None = None
         self._reported_load_error: str | None = None
         self._last_heartbeat = 0.0
 
@@ -146,6 +147,9 @@ class Runtime:
     def _restore(self) -> None:
         """Adopt the stored checkpoint (first start), or settle an unconfirmed commit (after an outage)."""
         self.client.ping()
+        if self._started_ms is None:
+            seconds, micros = self.client.time()  # the server's clock, the one stream ids come from
+            self._started_ms = seconds * 1000 + micros // 1000
         stored = self._load_checkpoint()
         pending, self._pending = self._pending, None
         if pending is not None and stored.cursor == pending:
@@ -242,7 +246,11 @@ class Runtime:
         for entry_id, fields in recent if polled and polled.startswith(POLL_PREFIX) else ():
             if _poll_cursor(fields.get(schema.SAMPLE_FIELD, "")) == polled:
                 return entry_id
-        return _just_before(recent[0][0]) if recent else "0-0"
+        if not recent:
+            return "0-0"
+        # The newest sample, or every sample published since this runtime started if that is more.
+        since_start = f"{self._started_ms - 1}-{2**64 - 1}"
+        return min(_just_before(recent[0][0]), since_start, key=_id_order)
 
     def _poll(self) -> list[Sample]:
         """The course's trigger: GET the key every INTERVAL, but run only when the value changed."""
@@ -429,6 +437,11 @@ def _just_before(entry_id: str) -> str:
     """The id XREAD must be given so that `entry_id` itself comes next."""
     millis, seq = (int(part) for part in entry_id.split("-"))
     return f"{millis}-{seq - 1}" if seq else f"{millis - 1}-{2**64 - 1}"
+
+
+def _id_order(entry_id: str) -> tuple[int, int]:
+    millis, seq = entry_id.split("-")
+    return int(millis), int(seq)
 
 
 def _now() -> str:

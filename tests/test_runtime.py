@@ -270,3 +270,13 @@ def test_switching_from_polling_to_the_stream_skips_nothing_and_repeats_nothing(
     timestamps = [o["ts"] for _, o in outputs(client, "out")]
     assert timestamps == [s["timestamp"] for s in (first, second, third, fourth)]
     assert json.loads(client.get("out:state"))["cursor"] == ids[0]
+
+
+def test_a_runtime_started_before_the_collector_handles_every_sample(client, redis_url, tmp_path):
+    path = write_function(tmp_path, 'def handler(input, context):\n    return {"ts": input["timestamp"]}\n')
+    env = runtime_env(redis_url, path, INTERVAL="1", START_FROM="latest")
+    with running_runtime(env):
+        time.sleep(0.3)  # the runtime is up (polling: no key, no stream yet)
+        ids = publish(client, make_samples(5))  # the collector's first samples, faster than one poll
+        wait_for(lambda: client.hget("out:status", "invocations") == "5", timeout=10)
+    assert [i for i, _ in outputs(client, "out")] == ids
