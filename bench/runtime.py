@@ -96,6 +96,8 @@ def freshness() -> dict:
         processes = [spawn(module, {**base, **env}) for env, module, _ in consumers.values()]
         try:
             time.sleep(3)  # let every consumer start
+            publish_at(client, 1, 3)  # warm up: the stream exists and each consumer has found its mode
+            time.sleep(6)
             # 0.1/s: the collector slower than the runtime polls, where the reference re-runs stale samples.
             for rate, seconds in ((1, 30), (10, 10), (0.1, 40)):
                 watchers = {name: Watcher(client, env["REDIS_OUTPUT_KEY"], stream)
