@@ -88,6 +88,8 @@ def freshness() -> dict:
         base = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(server.port), "FUNCTION_PATH": str(function)}
         consumers = {
             "ours, stream": ({"REDIS_INPUT_KEY": "metrics", "REDIS_OUTPUT_KEY": "f-stream"}, "runtime", True),
+            "ours, stream, in-process": ({"REDIS_INPUT_KEY": "metrics", "REDIS_OUTPUT_KEY": "f-inproc",
+                                          "HANDLER_TIMEOUT": "0"}, "runtime", True),
             "ours, poll (INTERVAL=5)": ({"REDIS_INPUT_KEY": "plain", "REDIS_OUTPUT_KEY": "f-poll", "INTERVAL": "5"},
                                         "runtime", True),
             "baseline (reference, INTERVAL=5)": ({"REDIS_INPUT_KEY": "plain", "REDIS_OUTPUT_KEY": "f-base",

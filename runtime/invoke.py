@@ -131,8 +131,12 @@ class InProcess:
         """Load or reload the function if its files changed; True when a new version is in use."""
         return self.function.refresh()
 
-    def invoke(self, raw: str | None, problem: str | None, entry_id: str | None) -> dict[str, Any]:
-        return call(self.function, self.context, self.settings, raw, problem, entry_id)
+    def invoke(self, raw: str | None, problem: str | None, entry_id: str | None,
+               with_env: bool = False) -> dict[str, Any]:
+        outcome = call(self.function, self.context, self.settings, raw, problem, entry_id)
+        if with_env:
+            outcome["env"] = encode_env(self.context.env)
+        return outcome
 
     def env_data(self) -> tuple[Any, str | None]:
         return encode_env(self.context.env)

@@ -127,9 +127,9 @@ class Runtime:
             return
         self._function_ready()  # an edit made while we waited for samples applies to them
         outcomes = []
-        for sample in batch:
+        for index, sample in enumerate(batch):
             try:
-                outcomes.append(self._invoke(sample))
+                outcomes.append(self._invoke(sample, last=index == len(batch) - 1))
             except InvocationLost as lost:
                 self._forget_batch(sample, lost.error)
                 return
@@ -266,12 +266,12 @@ class Runtime:
 
     # --- call -----------------------------------------------------------------------------------
 
-    def _invoke(self, sample: Sample) -> dict[str, Any]:
+    def _invoke(self, sample: Sample, last: bool) -> dict[str, Any]:
         if sample.cursor in self.lost:  # it hung or killed its worker before: recorded, not run again
             error = self.lost.pop(sample.cursor)
             return {"sample": sample, "timestamp": error["sample_timestamp"] or None, "output": None,
                     "error": error, "duration": 0.0}
-        outcome = self.invoker.invoke(sample.raw, sample.problem, sample.entry_id)
+        outcome = self.invoker.invoke(sample.raw, sample.problem, sample.entry_id, with_env=last)
         outcome["sample"] = sample
         self.metrics.duration.observe(outcome["duration"])
         return outcome
@@ -289,7 +289,7 @@ class Runtime:
             self.committed = Checkpoint(cursor, None, last_execution)
             self._account(outcomes, errors)
             return
-        env_data, env_error = self.invoker.env_data()
+        env_data, env_error = outcomes[-1].get("env") or self.invoker.env_data()
         pipe = self.client.pipeline(transaction=True)
         self._queue_effects(pipe, outcomes)
         pipe.set(self.keys.state, json.dumps({

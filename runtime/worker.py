@@ -42,6 +42,8 @@ def _serve(conn: Connection, settings: FunctionSettings, extra_paths: list[str])
         op = request["op"]
         if op == "invoke":
             reply = call(function, context, settings, request["raw"], request["problem"], request["entry_id"])
+            if request.get("with_env"):  # the last of a batch: save the commit a round trip
+                reply["env"] = encode_env(context.env)
         elif op == "load":
             function.refresh()
             current = function.current
@@ -92,9 +94,12 @@ class Worker:
         self.version, self.error = reply["version"] or previous, reply["error"]
         return reply["version"] is not None and reply["version"] != previous
 
-    def invoke(self, raw: str | None, problem: str | None, entry_id: str | None) -> dict[str, Any]:
+    def invoke(self, raw: str | None, problem: str | None, entry_id: str | None,
+               with_env: bool = False) -> dict[str, Any]:
+        """One invocation's outcome; with `with_env`, also the env after it, as env_data() gives it."""
         try:
-            return self._request({"op": "invoke", "raw": raw, "problem": problem, "entry_id": entry_id}, self.timeout)
+            return self._request({"op": "invoke", "raw": raw, "problem": problem, "entry_id": entry_id,
+                                  "with_env": with_env}, self.timeout)
         except InvocationLost as lost:
             lost.error.update(sample_id=entry_id or "", sample_timestamp=_timestamp_of(raw))
             raise
