@@ -27,6 +27,7 @@ DEFAULT_BATCH = 256  # samples read and committed together when a backlog builds
 ERRORS_KEPT = 1000  # entries of the errors stream
 DEFAULT_HANDLER_TIMEOUT = 30.0
 DEFAULT_HTTP_PORT = 8080
+DEFAULT_LEASE_SECONDS = 5.0  # a standby takes over this long after the active runtime died
 
 # The block of one XREAD: bounds how long a stop request waits. The socket timeout must exceed it.
 BLOCK_SECONDS = 1.0
@@ -124,6 +125,7 @@ class RuntimeConfig:
     work_dir: Path = Path(tempfile.gettempdir()) / "runtime"
     requirements: Path | None = None
     http_port: int | None = DEFAULT_HTTP_PORT  # None: no HTTP server; 0: any free port
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RuntimeConfig:
@@ -148,6 +150,7 @@ class RuntimeConfig:
             work_dir=Path(env.get("WORK_DIR", "").strip() or Path(tempfile.gettempdir()) / "runtime"),
             requirements=_requirements_file(env),
             http_port=_http_port(env),
+            lease_seconds=_number(env, "LEASE_SECONDS", DEFAULT_LEASE_SECONDS, 1),
         )
 
 

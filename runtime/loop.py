@@ -33,6 +33,7 @@ from runtime.config import BACKOFF_CAP_SECONDS, BLOCK_SECONDS, ERRORS_KEPT, Conf
 from runtime.config import configure_logging, connect
 from runtime.faults import Fault, record
 from runtime.invoke import FunctionSettings, InProcess, InvocationLost
+from runtime.lease import Lease, LeaseLost
 from runtime.observe import Health, Metrics, serve
 from runtime.requirements import RequirementsError, install
 from runtime.worker import Worker
@@ -71,6 +72,7 @@ class Runtime:
         self.stop = stop
         self.invoker = invoker or make_invoker(config)
         self.committed = Checkpoint(env_data={})
+        self.lease = Lease(client, self.keys.lease, config.lease_seconds) if self.keys.output else None
         self.metrics = Metrics()
         self.health = Health()
         self.stream_mode = False
@@ -110,12 +112,20 @@ class Runtime:
                                 self.config.redis.safe_url(), error, backoff)
                     self.stop.wait(backoff)
                     backoff = min(backoff * 2, BACKOFF_CAP_SECONDS)
-            self._write_status({"state": "stopped"})
+            if self.lease is None or self.lease.held:
+                self._write_status({"state": "stopped"})
         finally:
             self.invoker.close()
+            self._release_lease()
         log.info("stopped cursor=%s", self.committed.cursor)
 
     def _step(self) -> None:
+        if self.lease is not None and not self.lease.hold():
+            self._forget_state()  # when our turn comes, start from the active one's checkpoint
+            self.invoker.refresh()  # standby: the function loaded and ready, so a takeover is quick
+            self.ready = self.invoker.version is not None
+            self.stop.wait(self.lease.millis / 3000)
+            return
         if not self._restored:
             self._restore()
         if not self._function_ready():
@@ -136,6 +146,19 @@ class Runtime:
             if self.stop.is_set():  # warm stop: finish this invocation, commit, leave
                 break
         self._commit(outcomes)
+
+    def _forget_state(self) -> None:
+        """Not the active runtime: whatever we hold may be stale; the stored checkpoint is the truth."""
+        self._restored = False
+        self.committed = Checkpoint(env_data={})
+
+    def _release_lease(self) -> None:
+        """Hand over at once on a clean stop, instead of letting the standby wait for the lease to lapse."""
+        try:
+            if self.lease is not None:
+                self.lease.release()
+        except redis.RedisError:
+            pass
 
     def _forget_batch(self, sample: Sample, error: dict[str, Any]) -> None:
         """The worker is gone with the env of this batch: re-read it from the checkpoint, this sample recorded."""
@@ -291,6 +314,12 @@ class Runtime:
             return
         env_data, env_error = outcomes[-1].get("env") or self.invoker.env_data()
         pipe = self.client.pipeline(transaction=True)
+        try:
+            self.lease.fence(pipe)
+        except LeaseLost as lost:  # a standby took over while we worked: it re-runs from the checkpoint
+            log.warning("commit_dropped cursor=%s reason=%s", cursor, lost)
+            self._forget_state()
+            return
         self._queue_effects(pipe, outcomes)
         pipe.set(self.keys.state, json.dumps({
             "cursor": cursor,
@@ -309,6 +338,10 @@ class Runtime:
         pipe.hincrby(self.keys.status, "errors", len(errors))
         try:
             pipe.execute()
+        except redis.WatchError:
+            log.warning("commit_dropped cursor=%s reason=the lease changed hands during the commit", cursor)
+            self._forget_state()
+            return
         except redis.RedisError:
             self._pending = cursor  # the reply was lost: _restore() reads whether it landed
             raise

@@ -118,6 +118,10 @@ class Keys:
     def errors(self) -> str:
         return self._derived("errors")
 
+    @property
+    def lease(self) -> str:
+        return self._derived("lease")
+
 
 # --- timestamps ---------------------------------------------------------------------------------
 

@@ -105,7 +105,8 @@ def write_function(directory: Path, source: str, name: str = "usermodule.py") ->
 
 def runtime_env(redis_url: str, function_path: Path, **extra: str) -> dict[str, str]:
     env = {"REDIS_URL": redis_url, "REDIS_INPUT_KEY": "metrics", "REDIS_OUTPUT_KEY": "out",
-           "FUNCTION_PATH": str(function_path), "INTERVAL": "0.1", "START_FROM": "earliest", "HTTP_PORT": "0"}
+           "FUNCTION_PATH": str(function_path), "INTERVAL": "0.1", "START_FROM": "earliest", "HTTP_PORT": "0",
+           "LEASE_SECONDS": "2"}
     env.update(extra)
     return env
 

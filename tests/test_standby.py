@@ -1,0 +1,79 @@
+"""A standby runtime: never two at work on one output key, takeover within seconds, exactly once."""
+
+import signal
+import threading
+import time
+from types import SimpleNamespace
+
+import usermodule
+from tests.conftest import (REPO_DIR, make_samples, outputs, publish, running_runtime, runtime_env, spawn, wait_for,
+                            write_function)
+
+USERMODULE = str(REPO_DIR / "usermodule.py")
+
+
+def active_pid(client) -> int | None:
+    holder = client.get("out:lease")
+    return int(holder.split(":")[1]) if holder else None
+
+
+def uninterrupted(samples):
+    context = SimpleNamespace(env={})
+    return [usermodule.handler(sample, context) for sample in samples]
+
+
+def test_the_standby_takes_over_from_a_killed_runtime_exactly_once(client, redis_url, processes):
+    env = runtime_env(redis_url, USERMODULE, BATCH_SIZE="5")
+    first, second = spawn("runtime", env), spawn("runtime", env)
+    processes += [first, second]
+    samples = make_samples(600)
+    ids: list[str] = []
+    feeding = threading.Thread(target=lambda: [ids.extend(publish(client, samples[i:i + 5])) or time.sleep(0.01)
+                                               for i in range(0, len(samples), 5)])
+    wait_for(lambda: active_pid(client), what="one runtime to take the lease")
+    feeding.start()
+    wait_for(lambda: len(outputs(client, "out")) >= 200, timeout=30)
+    active = next(p for p in (first, second) if p.pid == active_pid(client))
+    standby = second if active is first else first
+    active.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_for(lambda: active_pid(client) == standby.pid, timeout=10, what="the standby to take the lease")
+    assert time.monotonic() - killed_at < 2 + 1.5  # LEASE_SECONDS=2, renewed every turn
+    feeding.join()
+    wait_for(lambda: len(outputs(client, "out")) >= 600, timeout=60, what="all 600 outputs")
+    time.sleep(0.5)
+    stored = outputs(client, "out")
+    assert [i for i, _ in stored] == ids, "a sample was lost or handled twice across the takeover"
+    assert [o for _, o in stored] == uninterrupted(samples)
+
+
+def test_a_clean_stop_hands_over_at_once(client, redis_url, processes):
+    env = runtime_env(redis_url, USERMODULE)
+    first, second = spawn("runtime", env), spawn("runtime", env)
+    processes += [first, second]
+    wait_for(lambda: active_pid(client), what="one runtime to take the lease")
+    active = next(p for p in (first, second) if p.pid == active_pid(client))
+    standby = second if active is first else first
+    publish(client, make_samples(3))
+    wait_for(lambda: len(outputs(client, "out")) == 3)
+    active.send_signal(signal.SIGTERM)
+    assert active.wait(10) == 0
+    stopped_at = time.monotonic()
+    wait_for(lambda: active_pid(client) == standby.pid, timeout=5)
+    assert time.monotonic() - stopped_at < 1.5
+    publish(client, make_samples(2))
+    wait_for(lambda: len(outputs(client, "out")) == 5)
+
+
+def test_a_runtime_that_lost_its_lease_stores_nothing(client, redis_url, tmp_path):
+    path = write_function(tmp_path, "def handler(input, context):\n    return {'ts': input['timestamp']}\n")
+    with running_runtime(runtime_env(redis_url, path, LEASE_SECONDS="30")) as runtime:
+        publish(client, make_samples(1))
+        wait_for(lambda: len(outputs(client, "out")) == 1)
+        client.set("out:lease", "another-runtime:1:x", px=30_000)  # as if it had been paused past its lease
+        publish(client, make_samples(2)[1:])
+        time.sleep(1.5)
+        assert len(outputs(client, "out")) == 1
+        assert not runtime.lease.held
+        client.delete("out:lease")  # the other one goes away: ours takes over and catches up
+        wait_for(lambda: len(outputs(client, "out")) == 2, timeout=10)
