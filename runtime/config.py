@@ -126,6 +126,7 @@ class RuntimeConfig:
     requirements: Path | None = None
     http_port: int | None = DEFAULT_HTTP_PORT  # None: no HTTP server; 0: any free port
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    handler_memory_mb: int = 0  # 0: no limit
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RuntimeConfig:
@@ -151,6 +152,7 @@ class RuntimeConfig:
             requirements=_requirements_file(env),
             http_port=_http_port(env),
             lease_seconds=_number(env, "LEASE_SECONDS", DEFAULT_LEASE_SECONDS, 1),
+            handler_memory_mb=int(_number(env, "HANDLER_MEMORY_MB", 0, 0)),
         )
 
 

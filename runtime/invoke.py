@@ -31,6 +31,7 @@ class FunctionSettings:
     unpack_dir: Path
     output_max_bytes: int
     context_fields: dict[str, Any]  # host, port, input_key, output_key
+    memory_mb: int = 0  # a worker's data-size limit (RLIMIT_DATA); 0: none
 
 
 class InvocationLost(Exception):

@@ -435,11 +435,13 @@ def make_invoker(config: RuntimeConfig, extra_paths: list[str] | None = None) ->
     url = urlsplit(config.redis.url)
     settings = FunctionSettings(
         path=config.function_path, handler=config.handler_name, unpack_dir=config.work_dir / "functions",
-        output_max_bytes=config.output_max_bytes,
+        output_max_bytes=config.output_max_bytes, memory_mb=config.handler_memory_mb,
         context_fields={"host": url.hostname or "localhost", "port": url.port or 6379,
                         "input_key": config.keys.input, "output_key": config.keys.output})
     if config.handler_timeout > 0:
         return Worker(settings, config.handler_timeout, extra_paths)
+    if config.handler_memory_mb:
+        log.warning("HANDLER_MEMORY_MB needs the worker process: it is ignored with HANDLER_TIMEOUT=0")
     return InProcess(settings)
 
 

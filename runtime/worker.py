@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import resource
 import signal
 import sys
 from datetime import datetime
@@ -31,6 +32,10 @@ START_TIMEOUT = 120.0  # seconds a new worker may take to import the function (p
 def _serve(conn: Connection, settings: FunctionSettings, extra_paths: list[str]) -> None:
     """The child: answer requests until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the runtime, which stops us itself
+    if settings.memory_mb:
+        # Allocation past the limit raises MemoryError in the handler: an error record, not a dead host.
+        limit = settings.memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     sys.path[:0] = extra_paths
     function = FunctionSource(settings.path, settings.handler, settings.unpack_dir)
     context = Context(function_getmtime="", **settings.context_fields)

