@@ -58,6 +58,7 @@ class RedisSettings:
 
     url: str
     password: str | None = None
+    tls_ca: str | None = None  # CA bundle that signed the server's certificate (rediss://)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RedisSettings:
@@ -72,7 +73,7 @@ class RedisSettings:
             url = f"{scheme}://{host}:{port}"
         if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
             raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {cls(url).safe_url()!r}")
-        return cls(url=url, password=password)
+        return cls(url=url, password=password, tls_ca=env.get("REDIS_TLS_CA", "").strip() or None)
 
     def safe_url(self) -> str:
         """The URL with any password masked, for logs and the dashboard."""
@@ -99,6 +100,8 @@ def connect(settings: RedisSettings, client_name: str) -> redis.Redis:
     )
     if settings.password:
         options["password"] = settings.password
+    if settings.tls_ca:
+        options["ssl_ca_certs"] = settings.tls_ca
     return redis.Redis.from_url(settings.url, **options)
 
 

@@ -91,7 +91,7 @@ class LocalStack:
                "REDIS_OUTPUT_KEY": self.settings.output_key, "INTERVAL": f"{self.settings.interval:g}",
                "FUNCTION_PATH": str(self.settings.function_path.resolve()), "HTTP_PORT": "off",
                **self.settings.extra_env}
-        for var in ("REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD"):
+        for var in ("REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD", "REDIS_TLS_CA"):
             env.pop(var, None)
         for role, module in (("collector", "runtime.collector"), ("runtime", "runtime")):
             self.children[role] = _spawn([sys.executable, "-m", module], env)
