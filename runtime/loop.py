@@ -108,8 +108,8 @@ class Runtime:
                 except redis.RedisError as error:  # unreachable, restarting, out of memory, wrong key type
                     self.ready = False
                     self._restored = False
-                    log.warning("redis_unavailable url=%s error=%s retry_in=%.1fs",
-                                self.config.redis.safe_url(), error, backoff)
+                    log.warning("redis_unavailable url=%s error=%s retry_in=%.1fs", self.config.redis.safe_url(),
+                                error, backoff)  # unreachable, or refusing writes (out of memory, read-only)
                     self.stop.wait(backoff)
                     backoff = min(backoff * 2, BACKOFF_CAP_SECONDS)
             if self.lease is None or self.lease.held:

@@ -22,6 +22,12 @@ from runtime import schema
 from runtime.config import RedisSettings, RuntimeConfig, connect
 from runtime.loop import Runtime
 
+from hypothesis import settings as hypothesis_settings
+
+# Shared, noisy machines: no per-example deadline (a first example may import pandas).
+hypothesis_settings.register_profile("ci", deadline=None, print_blob=True)
+hypothesis_settings.load_profile("ci")
+
 REPO_DIR = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"  # sample payloads in the course's format
 

@@ -33,7 +33,7 @@ def handler(input, context):
     ("set", "output_not_json", "cannot be stored as JSON"),
     ("nan", "output_not_json", "Out of range float values are not JSON compliant"),
     ("huge", "output_too_large", "over OUTPUT_MAX_BYTES=1,048,576"),
-])
+], ids=['raises', 'sys-exit', 'returns-a-set', 'returns-nan', 'huge-output'])
 def test_a_faulty_invocation_is_recorded_and_the_next_sample_runs(client, redis_url, tmp_path, fault, kind, message):
     path = write_function(tmp_path, FAULTY)
     good, bad, after = make_samples(3)
@@ -76,7 +76,7 @@ def handler(input, context):
     ("not json at all", "payload is not JSON"),
     ("[1, 2, 3]", "JSON but a list, not an object"),
     ('"text"', "JSON but a str"),
-])
+], ids=['not-json', 'json-list', 'json-string'])
 def test_input_that_is_not_a_json_object_is_an_error_record(client, redis_url, tmp_path, payload, message):
     ids = publish(client, [payload] + make_samples(1))
     with running_runtime(runtime_env(redis_url, "usermodule.py")):
@@ -110,7 +110,7 @@ def test_poll_mode_reports_a_malformed_value(client, redis_url):
     ("def main(input, context):\n    return {}\n", r"defines no 'handler' \(functions found: main\)"),
     ("handler = 42\n", r"'handler' is a int, not a function"),
     ("def handler(input):\n    return {}\n", r"handler\(input\) must accept two arguments"),
-])
+], ids=['syntax-error', 'missing-import', 'raises-at-import', 'no-entry-point', 'entry-point-not-a-function', 'wrong-signature'])
 def test_a_broken_module_is_reported_and_retried_until_fixed(client, redis_url, tmp_path, source, message):
     path = write_function(tmp_path, source)
     publish(client, make_samples(2))

@@ -72,7 +72,7 @@ def test_a_zip_from_a_configmap_binarydata_key_mounted_as_a_directory(client, re
     ({"../escape.py": "x = 1"}, None, "points outside the archive"),
     ({"/etc/cron.d/evil": "x"}, None, "points outside the archive"),
     ({"usermodule.py": "x = 1"}, {"link.py": "/etc/passwd"}, "is a symbolic link"),
-])
+], ids=['zip-slip', 'absolute-path', 'symlink'])
 def test_hostile_archives_are_refused(tmp_path, files, links, message):
     bundle = make_zip(tmp_path / "bad.zip", files, links)
     with pytest.raises(FunctionLoadError, match=message):

@@ -33,7 +33,7 @@ def handler(input, context):
     ("sleep", "timeout", "ran past HANDLER_TIMEOUT=1s"),
     ("os_exit", "worker_died", "exit code 7"),
     ("sys_exit", "handler_error", "SystemExit: 0"),
-])
+], ids=['busy-loop', 'sleep-forever', 'os-exit', 'sys-exit'])
 def test_the_next_sample_runs_within_timeout_plus_2_s_with_the_committed_env(
         client, redis_url, tmp_path, fault, kind, message):
     path = write_function(tmp_path, HANGING)
