@@ -26,6 +26,7 @@ READ_CHUNK = 10_000  # entries per XRANGE call while catching up
 STALE_AFTER_SECONDS = 15.0  # a runtime heartbeat older than this: runtime not running
 WINDOWS = {"1 min": 60, "5 min": 300, "15 min": 900, "1 h": 3600, "6 h": 6 * 3600, "24 h": 24 * 3600}
 MAX_POINTS = 1000  # per series: about a chart's width in pixels
+ENTRY_MS = "_entry_ms"  # bookkeeping column: the stream entry's server time
 EMBEDDED_OUTPUT_KEY = "metrics-output"
 
 
@@ -75,7 +76,7 @@ def _entry_time(entry_id: str, timestamp: str | None) -> datetime:
 
 def output_rows(entries: list[tuple[str, dict]]) -> tuple[pd.DataFrame, int]:
     """Output-stream entries as a frame of numeric outputs indexed by their sample's time."""
-    rows, times, malformed = [], [], 0
+    rows, times, ids, malformed = [], [], [], 0
     for entry_id, fields in entries:
         try:
             output = json.loads(schema.entry_payload(fields, schema.OUTPUT_FIELD))
@@ -84,7 +85,9 @@ def output_rows(entries: list[tuple[str, dict]]) -> tuple[pd.DataFrame, int]:
             continue
         rows.append(flatten(output))
         times.append(_entry_time(entry_id, fields.get(schema.TIMESTAMP)))
+        ids.append(entry_id)
     frame = pd.DataFrame(rows, index=pd.DatetimeIndex(times, name="time"), dtype="float64")
+    frame["entry_id"] = ids
     return frame, malformed
 
 
@@ -107,6 +110,8 @@ class StreamHistory:
                 break
             frame, malformed = self.to_frame(entries)
             self.malformed += malformed
+            # Where the entry sits in the stream (server ms), to forget what Redis trims.
+            frame[ENTRY_MS] = frame.pop("entry_id").str.split("-").str[0].astype("int64")
             parts.append(frame)
             self.last_id = entries[-1][0]
             start = f"({self.last_id}"
@@ -115,9 +120,18 @@ class StreamHistory:
         if parts:
             new = pd.concat(parts)
             self.frame = new if self.frame.empty else pd.concat([self.frame, new])
-            self.frame = self.frame.sort_index(kind="stable") if not self.frame.index.is_monotonic_increasing else self.frame
-            cutoff = self.frame.index[-1] - pd.Timedelta(seconds=HISTORY_SECONDS)
-            self.frame = self.frame.loc[self.frame.index >= cutoff]
+            if not self.frame.index.is_monotonic_increasing:
+                self.frame = self.frame.sort_index(kind="stable")
+        if not self.frame.empty:
+            self._trim(client)
+
+    def _trim(self, client: redis.Redis) -> None:
+        """Keep a day at most, and nothing Redis has trimmed away: memory stays bounded by retention."""
+        keep = self.frame.index >= self.frame.index[-1] - pd.Timedelta(seconds=HISTORY_SECONDS)
+        oldest = client.xrange(self.key, count=1)
+        keep &= self.frame[ENTRY_MS].to_numpy() >= (schema.stream_id_millis(oldest[0][0]) if oldest else 0)
+        if not keep.all():
+            self.frame = self.frame.loc[keep]
 
 
 @dataclass
@@ -211,7 +225,7 @@ def window(frame: pd.DataFrame, seconds: float) -> pd.DataFrame:
 
 def downsample(frame: pd.DataFrame, seconds: float, max_points: int = MAX_POINTS) -> pd.DataFrame:
     """At most about `max_points` rows: the mean of each time bucket, so a day draws like a minute."""
-    numeric = frame.select_dtypes("number")
+    numeric = frame.select_dtypes("number").drop(columns=[ENTRY_MS], errors="ignore")
     if len(numeric) <= max_points:
         return numeric.astype("float64")
     bucket = max(1, math.ceil(seconds / max_points))

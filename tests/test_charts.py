@@ -85,3 +85,21 @@ def test_a_day_at_one_second_is_downsampled_to_about_a_thousand_points():
 
 def test_nested_outputs_are_flattened_to_numbers():
     assert data.flatten({"a": 1, "b": {"c": 2.5, "d": "text", "e": True}, "f": float("nan")}) == {"a": 1.0, "b.c": 2.5}
+
+
+def test_the_dashboard_keeps_no_more_than_redis_retains(client, redis_url):
+    """Rows whose stream entries Redis trimmed are dropped from the dashboard's memory too."""
+    from datetime import datetime, timedelta
+
+    from runtime.config import RedisSettings
+    from tests.conftest import publish
+
+    keys = schema.Keys(output="out")
+    store = data.MetricsStore(RedisSettings(redis_url), keys)
+    old = make_samples(5, start=datetime.now() - timedelta(hours=2))
+    publish(client, old)
+    assert len(store.snapshot().samples) == 5
+    client.xtrim("metrics:stream", maxlen=0)
+    new_ids = publish(client, make_samples(3, start=datetime.now()))
+    client.xtrim("metrics:stream", minid=new_ids[0])
+    assert len(store.snapshot().samples) == 3
