@@ -320,6 +320,9 @@ class Runtime:
             log.warning("commit_dropped cursor=%s reason=%s", cursor, lost)
             self._forget_state()
             return
+        except redis.RedisError:
+            self._pending = cursor  # the batch ran but is not stored: _restore() rolls the env back
+            raise
         self._queue_effects(pipe, outcomes)
         pipe.set(self.keys.state, json.dumps({
             "cursor": cursor,

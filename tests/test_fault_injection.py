@@ -28,7 +28,11 @@ def assert_exactly_once_with_the_uninterrupted_env(client) -> None:
     assert [i for i, _ in stored] == ids, f"{len(stored)} outputs for {len(ids)} samples, or out of order"
     context = SimpleNamespace(env={})
     expected = [usermodule.handler(sample, context) for sample in samples]
-    assert [o for _, o in stored] == expected
+    for index, ((_, got), want) in enumerate(zip(stored, expected)):
+        if got != want:
+            around = [(ids[i], samples[i]["timestamp"]) for i in range(max(0, index - 3), min(len(ids), index + 3))]
+            raise AssertionError(f"output {index} differs; stream around it: {around}; got {got} want {want}; "
+                                 f"samples {[samples[i]['cpu_percent-0'] for i in range(index - 12, index + 1)]}")
     assert json.loads(client.get("out:state"))["env"] == envcodec.encode(context.env)
 
 
