@@ -230,3 +230,22 @@ def downsample(frame: pd.DataFrame, seconds: float, max_points: int = MAX_POINTS
         return numeric.astype("float64")
     bucket = max(1, math.ceil(seconds / max_points))
     return numeric.astype("float64").resample(f"{bucket}s").mean().dropna(how="all")
+
+
+def host_overview(client: redis.Redis, keys: schema.Keys) -> pd.DataFrame:
+    """One row per registered host: its latest CPU and memory, when it was last seen, and if it is stale."""
+    registry = client.hgetall(keys.hosts)
+    rows = []
+    for host in sorted(registry):
+        raw = client.get(keys.for_host(host).input)
+        try:
+            sample = schema.parse_sample(raw) if raw else {}
+        except schema.SampleError:
+            sample = {}
+        cpus = [sample[f] for f in schema.cpu_fields(sample)]
+        seen = datetime.fromisoformat(registry[host]) if registry[host] else None
+        age = (datetime.now() - seen).total_seconds() if seen else float("inf")
+        rows.append({"host": host, "CPU %": sum(cpus) / len(cpus) if cpus else None,
+                     "memory %": sample.get(schema.MEMORY_PERCENT), "last seen": registry[host],
+                     "stale": age > STALE_AFTER_SECONDS})
+    return pd.DataFrame(rows, columns=["host", "CPU %", "memory %", "last seen", "stale"])

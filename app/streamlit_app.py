@@ -39,7 +39,17 @@ if settings.embedded:
     stack, redis_settings = embedded_stack()
 else:
     stack, redis_settings = None, settings.redis
-store = metrics_store(redis_settings, settings.keys)
+
+@st.cache_data(ttl=5, show_spinner=False)
+def known_hosts(_store: data.MetricsStore, registry: str) -> list[str]:
+    try:
+        return sorted(_store.client.hkeys(registry))
+    except redis.RedisError:
+        return []
+
+
+base_store = metrics_store(redis_settings, settings.keys)
+hosts = known_hosts(base_store, settings.keys.hosts)
 
 # --- sidebar: connection, keys, controls ---------------------------------------------------------
 with st.sidebar:
@@ -51,14 +61,19 @@ with st.sidebar:
     else:
         st.info("Reading from a configured Redis; this app starts nothing.")
         st.text(f"Redis: {redis_settings.safe_url()}")
-    st.text(f"input key: {settings.keys.input}")
-    st.text(f"output key: {settings.keys.output or '(none: set REDIS_OUTPUT_KEY)'}")
+    host = None
+    if hosts:  # collectors with HOST_ID publish per host
+        host = st.selectbox("Host", hosts, help="Hosts whose collectors publish with HOST_ID")
+    keys = settings.keys.for_host(host) if host else settings.keys
+    st.text(f"input key: {keys.input}")
+    st.text(f"output key: {keys.output or '(none: set REDIS_OUTPUT_KEY)'}")
     window_label = st.select_slider("Time window", options=list(data.WINDOWS), value="15 min")
     live = st.toggle("Live", value=True, help=f"Refresh every {settings.refresh_seconds:g} s")
     cpu_view = st.radio("CPU view", ["auto", "lines", "heatmap"], horizontal=True,
                         help="auto: lines up to 8 cores, a heatmap beyond")
 
 seconds = data.WINDOWS[window_label]
+store = metrics_store(redis_settings, keys)
 
 
 def kpi(column, label: str, series, fmt: str, unit: str = "") -> None:
@@ -74,7 +89,7 @@ def kpi(column, label: str, series, fmt: str, unit: str = "") -> None:
 def health(snapshot: data.Snapshot) -> None:
     status = snapshot.status
     st.subheader("Runtime health")
-    if not settings.keys.output:
+    if not keys.output:
         st.info("No output key configured (REDIS_OUTPUT_KEY): the runtime's outputs and health are not shown.")
         return
     if snapshot.outputs_from_plain_key:
@@ -82,7 +97,7 @@ def health(snapshot: data.Snapshot) -> None:
                 "their history is what this dashboard has seen since it started.")
         return
     if not status:
-        st.warning(f"Runtime not running: no status at `{settings.keys.status}` yet. "
+        st.warning(f"Runtime not running: no status at `{keys.status}` yet. "
                    "Start it with `python -m runtime`.")
         return
     if snapshot.runtime_stale:
@@ -128,11 +143,11 @@ def live_panels() -> None:
     samples = data.window(snapshot.samples, seconds)
     if samples.empty:
         if snapshot.latest_sample:
-            st.info(f"Only the plain `{settings.keys.input}` key is written (no `{settings.keys.input_stream}`): "
+            st.info(f"Only the plain `{keys.input}` key is written (no `{keys.input_stream}`): "
                     f"latest sample at {snapshot.latest_sample[schema.TIMESTAMP]}. Charts need the stream; "
                     "run `python -m runtime.collector` for history.")
         else:
-            st.info(f"No samples yet in `{settings.keys.input_stream}`. The collector publishes one every "
+            st.info(f"No samples yet in `{keys.input_stream}`. The collector publishes one every "
                     "INTERVAL seconds; start it with `python -m runtime.collector` if it is not running.")
         health(snapshot)
         return
@@ -166,6 +181,11 @@ def live_panels() -> None:
     else:
         right.info("The function has stored no numeric outputs in this window yet.")
     health(snapshot)
+    if len(hosts) > 1:
+        st.subheader("All hosts")
+        st.dataframe(data.host_overview(store.client, settings.keys), hide_index=True,
+                     column_config={"CPU %": st.column_config.NumberColumn(format="%.1f"),
+                                    "memory %": st.column_config.NumberColumn(format="%.1f")})
 
 
 live_panels()

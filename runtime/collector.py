@@ -92,9 +92,12 @@ def _guarded(source: str, read):
 class Publisher:
     """Publishes samples in order; keeps up to `capacity` unsent ones while Redis is unreachable."""
 
-    def __init__(self, client: redis.Redis, keys: schema.Keys, retention_seconds: float, capacity: int) -> None:
+    def __init__(self, client: redis.Redis, keys: schema.Keys, retention_seconds: float, capacity: int,
+                 host: str | None = None) -> None:
         self.client = client
-        self.keys = keys
+        self.registry = keys.hosts
+        self.host = host
+        self.keys = keys.for_host(host) if host else keys
         self.retention_seconds = retention_seconds
         self.pending: deque[str] = deque(maxlen=capacity)
         self.dropped = 0
@@ -120,6 +123,8 @@ class Publisher:
         for payload in batch:
             pipe.xadd(self.keys.input_stream, schema.sample_entry(payload), minid=minid, approximate=True)
         pipe.set(self.keys.input, batch[-1])
+        if self.host:
+            pipe.hset(self.registry, self.host, datetime.now().isoformat(sep=" "))
         try:
             pipe.execute()
         except redis.RedisError as error:  # unreachable, restarting, out of memory: keep and retry
@@ -138,7 +143,7 @@ class Publisher:
 def run(config: CollectorConfig, client: redis.Redis, stop: threading.Event) -> None:
     """Sample on a fixed schedule (no drift) until `stop` is set."""
     sampler = Sampler(config.net_interface, config.procfs_path)
-    publisher = Publisher(client, config.keys, config.retention_seconds, config.buffer_samples)
+    publisher = Publisher(client, config.keys, config.retention_seconds, config.buffer_samples, config.host_id)
     next_tick = time.monotonic() + min(config.interval, 1.0)  # a first sample soon after start
     while not stop.wait(max(0.0, next_tick - time.monotonic())):
         sample = sampler.sample()
@@ -162,7 +167,8 @@ def main() -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    log.info("starting redis=%s key=%s interval=%gs", config.redis.safe_url(), config.keys.input, config.interval)
+    log.info("starting redis=%s key=%s host=%s interval=%gs", config.redis.safe_url(), config.keys.input,
+             config.host_id or "-", config.interval)
     try:
         run(config, connect(config.redis, client_name="collector"), stop)
     except ConfigError as error:

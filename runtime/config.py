@@ -185,6 +185,7 @@ class CollectorConfig:
     procfs_path: str | None
     buffer_samples: int
     retention_seconds: float
+    host_id: str | None = None  # publish under per-host keys and register the host
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> CollectorConfig:
@@ -197,4 +198,16 @@ class CollectorConfig:
             procfs_path=env.get("PROCFS_PATH", "").strip() or None,
             buffer_samples=int(_number(env, "BUFFER_SAMPLES", DEFAULT_BUFFER_SAMPLES, 1)),
             retention_seconds=_number(env, "RETENTION_SECONDS", DEFAULT_RETENTION_SECONDS, 1),
+            host_id=_host_id(env),
         )
+
+
+def _host_id(env: Mapping[str, str]) -> str | None:
+    """HOST_ID (on Kubernetes the node's name): the collector then publishes under per-host keys."""
+    host = env.get("HOST_ID", "").strip()
+    if host:
+        try:
+            schema.Keys().for_host(host)
+        except ValueError as error:
+            raise ConfigError(f"HOST_ID: {error}") from None
+    return host or None

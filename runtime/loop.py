@@ -65,7 +65,7 @@ class Checkpoint:
 
 class Runtime:
     def __init__(self, config: RuntimeConfig, client: redis.Redis, stop: threading.Event,
-                 invoker: InProcess | Worker | None = None) -> None:
+                 invoker: InProcess | Worker | None = None, metrics: Metrics | None = None) -> None:
         self.config = config
         self.keys = config.keys
         self.client = client
@@ -73,7 +73,7 @@ class Runtime:
         self.invoker = invoker or make_invoker(config)
         self.committed = Checkpoint(env_data={})
         self.lease = Lease(client, self.keys.lease, config.lease_seconds) if self.keys.output else None
-        self.metrics = Metrics()
+        self.metrics = metrics or Metrics()
         self.health = Health()
         self.stream_mode = False
         self.lost: dict[str, dict[str, Any]] = {}  # cursor -> error of an invocation that did not return
@@ -509,12 +509,13 @@ def main() -> int:
             print(f"runtime: {error}", file=sys.stderr)
             return 3
         sys.path[:0] = extra_paths
-    client = connect(config.redis, client_name="runtime")
-    runtime = Runtime(config, client, stop, make_invoker(config, extra_paths))
+    from runtime.hosts import HostSupervisor  # it builds on this module
+
+    supervisor = HostSupervisor(config, connect(config.redis, client_name="runtime"), stop, extra_paths)
     if config.http_port is not None:
         try:
-            serve(config.http_port, runtime.health, runtime.metrics, runtime.describe)
+            serve(config.http_port, supervisor.health, supervisor.metrics, supervisor.describe)
         except OSError as error:  # the runtime's job is the samples: go on without probes
             log.error("http_not_started port=%d error=%s; set HTTP_PORT to a free port", config.http_port, error)
-    runtime.run()
+    supervisor.run()
     return 0

@@ -97,6 +97,17 @@ class Keys:
     def input_stream(self) -> str:
         return f"{self.input}:stream"
 
+    @property
+    def hosts(self) -> str:
+        """The registry of hosts publishing under this input key: host id -> time last seen."""
+        return f"{self.input}:hosts"
+
+    def for_host(self, host: str) -> Keys:
+        """The keys of one host's samples and outputs (`metrics:<host>`, `<output>:<host>`)."""
+        if not host or any(c in host for c in ": \t\n"):
+            raise ValueError(f"host id {host!r} must be non-empty, without ':' or spaces (a node name)")
+        return Keys(input=f"{self.input}:{host}", output=f"{self.output}:{host}" if self.output else None)
+
     def _derived(self, suffix: str) -> str:
         if not self.output:
             raise ValueError("no output key is configured")

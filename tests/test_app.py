@@ -116,3 +116,24 @@ def test_outputs_of_a_runtime_that_only_sets_its_key_are_kept(client, redis_url,
     assert not at.exception
     assert any("Outputs come from a plain key" in i.value for i in at.info)
     assert json.loads(charts_of(at)[-1].proto.spec)["title"] == "Function outputs"
+
+
+def test_a_host_picker_and_an_overview_when_collectors_publish_per_host(client, redis_url, page):
+    from runtime import schema
+    from runtime.collector import Publisher
+    from runtime.config import RedisSettings, connect
+
+    for index, host in enumerate(("alpha", "beta", "gamma")):
+        publisher = Publisher(connect(RedisSettings(redis_url), "test"), schema.Keys(), 3600, 100, host=host)
+        for sample in recent_samples(10 + index):
+            publisher.publish(sample)
+    at = page(redis_url)
+    assert not at.exception and not at.error
+    (picker,) = at.selectbox
+    assert picker.options == ["alpha", "beta", "gamma"] and picker.value == "alpha"
+    assert any(t.value == "input key: metrics:alpha" for t in at.sidebar.text)
+    (overview,) = at.dataframe
+    assert list(overview.value["host"]) == ["alpha", "beta", "gamma"] and not overview.value["stale"].any()
+    at = picker.select("gamma").run()
+    assert any(t.value == "output key: out:gamma" for t in at.sidebar.text)
+    assert len(at.get("vega_lite_chart")) == 4  # gamma's host charts; no runtime has run for it
