@@ -6,7 +6,6 @@ by itself; with Redis configured it only reads.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from datetime import datetime

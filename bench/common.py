@@ -77,3 +77,10 @@ def table(headers: list[str], rows: list[list]) -> str:
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
     return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def report(name: str, title: str, headers: list[str], rows: list[list], results: dict) -> None:
+    """Print a benchmark's table under its title and save its figures to bench/results/<name>.json."""
+    print(title)
+    print(table(headers, rows))
+    print(f"results: {save(name, results)}")

@@ -16,7 +16,7 @@ from datetime import datetime
 
 import redis
 
-from bench.common import save, synthetic_samples, table, valkey
+from bench.common import report, synthetic_samples, valkey
 from bench.runtime import REPO, spawn
 from runtime import schema
 
@@ -61,9 +61,9 @@ def main(argv: list[str]) -> int:
                              "max_ms": max(values) * 1000}
             rows.append([f"{tick} s", f"{len(values)}/{count}", f"{statistics.median(values) * 1000:,.1f}",
                          f"{max(values) * 1000:,.1f}"])
-    print(f"{count} hosts at 1 sample/s each, one runtime (a worker per host)")
-    print(table(["after", "hosts with outputs", "lag p50 ms", "lag max ms"], rows))
-    print(f"results: {save('hosts', {'hosts': count, 'seconds': seconds, 'lag': results})}")
+    report("hosts", f"{count} hosts at 1 sample/s each, one runtime (a worker per host)",
+           ["after", "hosts with outputs", "lag p50 ms", "lag max ms"], rows,
+           {"hosts": count, "seconds": seconds, "lag": results})
     return 0
 
 

@@ -16,7 +16,7 @@ import time
 import psutil
 import redis
 
-from bench.common import save, synthetic_samples, table, valkey
+from bench.common import report, synthetic_samples, valkey
 from bench.runtime import REPO, spawn
 from runtime import schema
 
@@ -84,9 +84,8 @@ def main(argv: list[str]) -> int:
         cpu_percent = 100 * (after[name][0] - before[name][0]) / elapsed
         results[name] = {"cpu_percent": cpu_percent, "pss_mb": after[name][1] / 2**20, "peak_pss_mb": peak[name] / 2**20}
         rows.append([name, f"{cpu_percent:.2f} %", f"{after[name][1] / 2**20:.0f} MB", f"{peak[name] / 2**20:.0f} MB"])
-    print(f"Overhead over {elapsed:.0f} s (CPU % of one core; memory is PSS, the handler worker included)")
-    print(table(["process", "CPU", "memory", "peak memory"], rows))
-    print(f"results: {save('overhead', {'seconds': elapsed, **results})}")
+    report("overhead", f"Overhead over {elapsed:.0f} s (CPU % of one core; memory is PSS, the handler worker included)",
+           ["process", "CPU", "memory", "peak memory"], rows, {"seconds": elapsed, **results})
     return 0
 
 

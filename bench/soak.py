@@ -19,7 +19,7 @@ import time
 import psutil
 import redis
 
-from bench.common import save, synthetic_samples, table, valkey
+from bench.common import report, synthetic_samples, valkey
 from bench.runtime import REPO, spawn
 from runtime import schema
 
@@ -109,9 +109,9 @@ def main(argv: list[str]) -> int:
         peak = max(p[key] for p in warm)
         growth = (last - first) / first * 100 if first else float("nan")
         rows.append([key, f"{first:,.1f}", f"{last:,.1f}", f"{peak:,.1f}", f"{growth:+.1f} %"])
-    print(f"Soak: {seconds / 60:.0f} min at {RATE} samples/s, dashboard open, retention {RETENTION} s")
-    print(table(["figure", "after warm-up", "at the end", "peak", "change"], rows))
-    print(f"results: {save('soak', {'seconds': seconds, 'rate': RATE, 'points': samples})}")
+    report("soak", f"Soak: {seconds / 60:.0f} min at {RATE} samples/s, dashboard open, retention {RETENTION} s",
+           ["figure", "after warm-up", "at the end", "peak", "change"], rows,
+           {"seconds": seconds, "rate": RATE, "points": samples})
     return 0
 
 

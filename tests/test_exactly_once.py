@@ -10,7 +10,7 @@ import time
 from types import SimpleNamespace
 
 import usermodule
-from tests.conftest import (REPO_DIR, make_samples, outputs, publish, running_runtime, runtime_env, spawn, wait_for,
+from tests.conftest import (REPO_DIR, kill_and_restart_at, make_samples, outputs, publish, running_runtime, runtime_env, spawn, wait_for,
                             write_function)
 
 USERMODULE = REPO_DIR / "usermodule.py"
@@ -44,11 +44,7 @@ def test_kill_9_mid_stream_then_restart_gives_exactly_one_output_per_sample(clie
     env = runtime_env(redis_url, str(USERMODULE), BATCH_SIZE="7")
     processes.append(spawn("runtime", env))
     feeding.start()
-    for kill_after in (150, 400, 650):
-        wait_for(lambda: len(outputs(client, "out")) >= kill_after, timeout=60, what=f"{kill_after} outputs")
-        processes[-1].send_signal(signal.SIGKILL)
-        processes[-1].wait(10)
-        processes.append(spawn("runtime", env))
+    kill_and_restart_at(client, processes, env, [150, 400, 650])
     feeding.join()
     wait_for(lambda: len(outputs(client, "out")) >= 1000, timeout=60, what="1000 outputs")
     time.sleep(0.5)

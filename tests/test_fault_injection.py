@@ -12,7 +12,7 @@ import redis
 
 import usermodule
 from runtime import envcodec, schema
-from tests.conftest import REPO_DIR, make_samples, outputs, runtime_env, spawn, wait_for
+from tests.conftest import REPO_DIR, kill_and_restart_at, make_samples, outputs, runtime_env, spawn, wait_for
 
 USERMODULE = str(REPO_DIR / "usermodule.py")
 
@@ -62,11 +62,7 @@ def test_runtime_killed_at_20_random_points_of_2000_samples(client, redis_url, p
     env = runtime_env(redis_url, USERMODULE, BATCH_SIZE="13", LEASE_SECONDS="1")
     processes.append(spawn("runtime", env))
     feeding = patient_publisher(client, make_samples(2000), pause=0.02)
-    for kill_at in sorted(random.Random(20).sample(range(50, 1950), 20)):
-        wait_for(lambda: len(outputs(client, "out")) >= kill_at, timeout=60, what=f"{kill_at} outputs")
-        processes[-1].send_signal(signal.SIGKILL)
-        processes[-1].wait(10)
-        processes.append(spawn("runtime", env))
+    kill_and_restart_at(client, processes, env, sorted(random.Random(20).sample(range(50, 1950), 20)))
     feeding.join()
     wait_for(lambda: len(outputs(client, "out")) >= 2000, timeout=60, what="2000 outputs")
     time.sleep(0.5)

@@ -1,8 +1,6 @@
 """Every fault becomes an error record and the runtime goes on with the next sample."""
 
 import json
-import os
-import time
 
 import pytest
 

@@ -1,6 +1,5 @@
 """Multi-file functions (directories, packages, ZIPs), safe unpacking and hot reload."""
 
-import io
 import json
 import os
 import stat

@@ -1,6 +1,5 @@
 """Hard timeouts and process isolation: hanging or exiting handlers cost one error record."""
 
-import json
 import time
 
 import pytest

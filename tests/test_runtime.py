@@ -2,17 +2,12 @@
 
 import json
 import re
-import signal
-import subprocess
-import textwrap
 import time
 from datetime import datetime
 
 import pytest
 
-from runtime import schema
-from tests.conftest import (errors, fixture_path, make_samples, outputs, publish, running_runtime, runtime_env, spawn,
-                            wait_for, write_function)
+from tests.conftest import (fixture_path, make_samples, outputs, publish, running_runtime, runtime_env, wait_for, write_function)
 
 CONTEXT_PROBE = '''
 import datetime
