@@ -186,6 +186,23 @@ class Runtime:
             log.info("resumed cursor=%s", stored.cursor)
         self._restored = True
         self._write_status({"state": "running", "pid": str(os.getpid()), "started": _now()}, force=True)
+        self._check_gap()
+
+    def _check_gap(self) -> None:
+        """Say so when Redis may have trimmed samples this runtime had not read: they cannot be run any more.
+
+        Retention trims by age, so when even the oldest kept sample is newer than the checkpoint, the
+        samples published after the checkpoint up to it are gone (unless the stream was idle there).
+        """
+        cursor = self.committed.cursor
+        if not cursor or cursor.startswith(POLL_PREFIX):
+            return
+        oldest = self.client.xrange(self.keys.input_stream, count=1)
+        if oldest and _id_order(oldest[0][0]) > _id_order(cursor):
+            self.metrics.gaps.inc()
+            log.error("samples_skipped after=%s before=%s: the stream was trimmed past the checkpoint while the "
+                      "runtime was away; raise RETENTION_SECONDS or keep the runtime running", cursor, oldest[0][0])
+            self._write_status({"last_gap": f"after {cursor}, before {oldest[0][0]}"})
 
     def _restore_env(self, checkpoint: Checkpoint) -> None:
         if checkpoint.env_data is None:  # kept in memory only: what is there is the best there is

@@ -29,8 +29,8 @@ class Metrics:
         self.lag = Histogram("runtime_lag_seconds", "Sample time to output stored",
                              buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300),
                              registry=self.registry)
-        self.skipped = Counter("runtime_samples_skipped", "Samples trimmed from the stream before the runtime "
-                               "read them", registry=self.registry)
+        self.gaps = Counter("runtime_stream_gaps", "Times the input stream had been trimmed past samples the "
+                            "runtime had not read (down longer than the retention)", registry=self.registry)
         self.ready = Gauge("runtime_ready", "1 when connected to Redis with a function loaded",
                            registry=self.registry)
         self.function = Info("runtime_function", "The function in use", registry=self.registry)

@@ -43,7 +43,7 @@ def handler(input, context):
     assert "runtime_invocations_total 4.0" in metrics
     assert 'runtime_errors_total{fault="handler_error"} 1.0' in metrics
     assert "runtime_handler_duration_seconds_count 3.0" in metrics or "runtime_handler_duration_seconds_count 4.0" in metrics
-    assert "runtime_lag_seconds_bucket" in metrics and "runtime_samples_skipped_total" in metrics
+    assert "runtime_lag_seconds_bucket" in metrics and "runtime_stream_gaps_total 0.0" in metrics
     version = client.hget("out:status", "function_version")
     assert f'runtime_function_info{{version="{version}"}} 1.0' in metrics
     assert "runtime_ready 1.0" in metrics
@@ -141,3 +141,18 @@ def test_a_failing_install_is_a_clear_startup_error(redis_url, tmp_path, process
     assert process.wait(120) == 3
     text = (tmp_path / "err").read_text()
     assert f"installing {tmp_path / 'requirements.txt'} failed" in text and "absent-1.0-py3-none-any.whl" in text
+
+
+def test_samples_trimmed_before_they_were_read_are_reported(client, redis_url, tmp_path, processes):
+    ids = publish(client, make_samples(3))
+    client.set("out:state", json.dumps({"cursor": ids[0], "env": {}, "last_execution": None}))
+    ids += publish(client, make_samples(6)[3:])
+    client.xtrim("metrics:stream", minid=ids[4], approximate=False)  # ids[1..3] are gone unread
+    port = free_port()
+    log = open(tmp_path / "runtime.log", "w")
+    processes.append(spawn("runtime", runtime_env(redis_url, "usermodule.py", HTTP_PORT=str(port)), stderr=log))
+    wait_for(lambda: len(outputs(client, "out")) == 2)
+    assert [i for i, _ in outputs(client, "out")] == ids[4:]
+    assert "runtime_stream_gaps_total 1.0" in http_get(port, "/metrics")[1]
+    assert f"samples_skipped after={ids[0]} before={ids[4]}" in (tmp_path / "runtime.log").read_text()
+    assert client.hget("out:status", "last_gap") == f"after {ids[0]}, before {ids[4]}"
