@@ -75,3 +75,47 @@ def test_live_charts_appear_within_15_s_and_update(dashboard):
         assert page.locator(".vega-embed").count() == 5
         browser.close()
     assert ready_after < 15, f"charts drew after {ready_after:.1f} s"
+
+
+def test_the_host_picker_lists_three_hosts(valkey, client, tmp_path, processes):
+    """A configured Redis with three collectors publishing per host: the picker offers all three."""
+    from datetime import datetime, timedelta
+
+    from runtime import schema
+    from runtime.collector import Publisher
+    from runtime.config import RedisSettings, connect
+    from tests.conftest import make_samples
+
+    for host in ("alpha", "beta", "gamma"):
+        publisher = Publisher(connect(RedisSettings(valkey.connection_url), "test"), schema.Keys(), 3600, 100, host)
+        for sample in make_samples(20, start=datetime.now() - timedelta(seconds=20)):
+            publisher.publish(sample)
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": valkey.connection_url, "REDIS_OUTPUT_KEY": "out"}
+    processes.append(subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app", "--server.headless", "true", "--server.port", str(port)],
+        cwd=REPO_DIR, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "streamlit.log", "w")))
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1700})
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the app did not answer within 30 s"
+                time.sleep(0.2)
+        page.goto(f"http://127.0.0.1:{port}")
+        page.wait_for_selector('[data-testid="stSelectbox"]', timeout=30_000)
+        page.wait_for_function("document.querySelectorAll('.vega-embed canvas, .vega-embed svg').length >= 4",
+                               timeout=30_000)
+        page.locator('[data-testid="stSelectbox"]').click()
+        options = page.locator('[role="option"]').all_inner_texts()
+        assert options == ["alpha", "beta", "gamma"], options
+        page.keyboard.press("Escape")
+        page.wait_for_selector('[data-testid="stDataFrame"]', timeout=15_000)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-hosts.png"), full_page=True)
+        assert page.locator('[data-testid="stException"]').count() == 0
+        browser.close()
