@@ -8,13 +8,17 @@ ends only the worker. Either way the runtime starts a new worker from the last c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import multiprocessing
+import os
 import resource
 import signal
+import socket
+import subprocess
 import sys
 from datetime import datetime
+from pathlib import Path
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -25,6 +29,7 @@ from runtime.invoke import EMPTY_ENV, FunctionSettings, InvocationLost, call, de
 
 log = logging.getLogger("runtime.worker")
 
+PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)  # where `runtime` is importable from
 START_TIMEOUT = 120.0  # seconds a new worker may take to import the function (pandas, numpy…)
 
 
@@ -78,7 +83,7 @@ class Worker:
         self.version: str | None = None
         self.error: str | None = None
         self._identity: tuple | None = None
-        self._process: multiprocessing.Process | None = None
+        self._process: subprocess.Popen | None = None
         self._conn: Connection | None = None
         self._env_data: str | None = EMPTY_ENV  # the env a new worker starts from (None: not durable, empty)
         self._last_execution: datetime | None = None
@@ -121,7 +126,11 @@ class Worker:
     def close(self) -> None:
         if self._process is not None:
             self._conn.close()
-            self._process.join(2)
+            self._conn = None
+            try:
+                self._process.wait(2)  # it leaves when the socket closes
+            except subprocess.TimeoutExpired:
+                pass
             self._kill()
 
     @property
@@ -131,13 +140,16 @@ class Worker:
     # --- the process ---------------------------------------------------------------------------
 
     def _start(self) -> None:
-        spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no locks copied from our threads
-        parent, child = spawn.Pipe()
-        self._process = spawn.Process(target=_serve, args=(child, self.settings, self.extra_paths),
-                                      name="handler-worker", daemon=True)
-        self._process.start()
-        child.close()
-        self._conn = parent
+        # A fresh interpreter (`python -m runtime.worker`), not fork: no locks copied from our threads;
+        # and not multiprocessing's spawn, which re-runs whatever script is __main__ in the child.
+        ours, theirs = socket.socketpair()
+        settings = json.dumps({**dataclasses.asdict(self.settings), "path": str(self.settings.path),
+                               "unpack_dir": str(self.settings.unpack_dir), "extra_paths": self.extra_paths})
+        path = os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))
+        self._process = subprocess.Popen([sys.executable, "-m", "runtime.worker", str(theirs.fileno()), settings],
+                                         pass_fds=[theirs.fileno()], env={**os.environ, "PYTHONPATH": path})
+        theirs.close()
+        self._conn = Connection(ours.detach())
         self._identity = None
         log.info("worker_started pid=%d timeout=%gs", self._process.pid, self.timeout)
         self._send_env()
@@ -147,9 +159,11 @@ class Worker:
         self._request({"op": "restore", "env": self._env_data, "last_execution": last}, START_TIMEOUT)
 
     def _kill(self) -> None:
-        if self._process is not None and self._process.is_alive():
+        if self._process is not None and self._process.poll() is None:
             self._process.kill()
-            self._process.join(5)
+            self._process.wait(5)
+        if self._conn is not None:
+            self._conn.close()
         self._process, self._conn, self._identity = None, None, None
 
     def _request(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -158,8 +172,7 @@ class Worker:
             if self._conn.poll(timeout):
                 return json.loads(self._conn.recv_bytes())
         except (EOFError, OSError):
-            self._process.join(5)
-            code = self._process.exitcode
+            code = self._process.wait(5)
             self._kill()
             raise InvocationLost(record(Fault.WORKER_DIED, f"the handler's process ended (exit code {code}): "
                                         "os._exit(), a crash or running out of memory", None, None)) from None
@@ -174,3 +187,15 @@ def _timestamp_of(raw: str | None) -> str:
     except (ValueError, AttributeError):
         return ""
     return value if isinstance(value, str) else ""
+
+
+def main(argv: list[str]) -> None:
+    """`python -m runtime.worker FD SETTINGS`: serve the runtime on the socket FD (started by Worker)."""
+    options = json.loads(argv[2])
+    extra_paths = options.pop("extra_paths")
+    settings = FunctionSettings(**{**options, "path": Path(options["path"]), "unpack_dir": Path(options["unpack_dir"])})
+    _serve(Connection(int(argv[1])), settings, extra_paths)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
