@@ -61,7 +61,9 @@ def cpu_lines(data: pd.DataFrame) -> alt.Chart:
             domain=["utilisation", "1-min average"], range=[0.45, 1.0])),
         tooltip=[alt.Tooltip("time:T", format="%H:%M:%S"), "core:N", "kind:N",
                  alt.Tooltip("value:Q", format=".1f", title="%")],
-    ).add_params(_zoom()).properties(height=HEIGHT + 60, title="CPU utilisation per core")
+    ).add_params(_zoom()).properties(height=HEIGHT + 60, title=alt.TitleParams(
+        "CPU utilisation per core", subtitle="thin: utilisation of each sample; dashed: the function's "
+        "one-minute moving average", subtitleFontSize=11, anchor="start"))
 
 
 def cpu_heatmap(data: pd.DataFrame) -> alt.Chart:

@@ -50,7 +50,7 @@ def test_all_panels_show_with_data_and_a_running_runtime(client, redis_url, page
         assert label in labels
     assert next(m.value for m in at.metric if m.label == "Invocations") == "60"
     specs = [json.loads(c.proto.spec) for c in charts_of(at)]
-    titles = [s.get("title") for s in specs]
+    titles = [s["title"]["text"] if isinstance(s.get("title"), dict) else s.get("title") for s in specs]
     assert titles == ["CPU utilisation per core", "Virtual memory", "CPU frequency", "Number of processes",
                       "Function outputs"]
     assert "Embedded" not in " ".join(s.value for s in at.sidebar.success)

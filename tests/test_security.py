@@ -54,7 +54,7 @@ def page_text(page) -> str:
     for kind in ("text", "markdown", "info", "warning", "error", "success", "caption", "code"):
         parts += [str(element.value) for element in page.get(kind)]
     parts += [f"{m.label} {m.value}" for m in page.metric]
-    parts += [json.loads(c.proto.spec).get("title", "") for c in page.get("vega_lite_chart")]
+    parts += [json.dumps(json.loads(c.proto.spec).get("title", "")) for c in page.get("vega_lite_chart")]
     return "\n".join(parts)
 
 
