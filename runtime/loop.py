@@ -328,7 +328,7 @@ class Runtime:
         errors = [o["error"] for o in outcomes if o["error"] is not None]
         if not self.keys.output:
             self.committed = Checkpoint(cursor, None, last_execution)
-            self._account(outcomes, errors)
+            self._account(outcomes, errors, _lag_seconds(outcomes[-1]))
             return
         env_data, env_error = outcomes[-1].get("env") or self.invoker.env_data()
         pipe = self.client.pipeline(transaction=True)
@@ -343,7 +343,8 @@ class Runtime:
             raise
         self._queue_effects(pipe, outcomes)
         pipe.set(self.keys.state, _state_json(cursor, env_data, env_error, last_execution))
-        status = self._status_fields(outcomes[-1], last_execution, env_error)
+        lag = _lag_seconds(outcomes[-1])
+        status = self._status_fields(outcomes[-1], last_execution, env_error, lag)
         if errors:
             status["last_error"] = json.dumps(errors[-1])
             for error in errors:
@@ -362,7 +363,7 @@ class Runtime:
             raise
         self.committed = Checkpoint(cursor, env_data, last_execution)
         self._last_heartbeat = time.monotonic()
-        self._account(outcomes, errors)
+        self._account(outcomes, errors, lag)
         log.info("committed samples=%d cursor=%s errors=%d lag_s=%s", len(outcomes), cursor, len(errors),
                  status.get("lag_seconds", "?"))
 
@@ -381,10 +382,9 @@ class Runtime:
         if last_output is not None:
             pipe.set(self.keys.output, last_output)
 
-    def _account(self, outcomes: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
+    def _account(self, outcomes: list[dict[str, Any]], errors: list[dict[str, Any]], lag: float | None) -> None:
         """Metrics and logs of a committed batch."""
         self.metrics.invocations.inc(len(outcomes))
-        lag = _lag_seconds(outcomes[-1])
         if lag is not None:
             self.metrics.lag.observe(max(lag, 0.0))
         for error in errors:
@@ -393,7 +393,7 @@ class Runtime:
                         error["fault"], error["message"])
 
     def _status_fields(self, last: dict[str, Any], last_execution: datetime | None,
-                       env_error: str | None) -> dict[str, str]:
+                       env_error: str | None, lag: float | None) -> dict[str, str]:
         status = {
             "state": "running",
             "mode": "stream" if self.stream_mode else "poll",
@@ -406,7 +406,6 @@ class Runtime:
             "env_error": env_error or "",
             "heartbeat": _now(),
         }
-        lag = _lag_seconds(last)
         if lag is not None:
             status["lag_seconds"] = f"{lag:.3f}"
         return status
