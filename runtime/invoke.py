@@ -8,13 +8,15 @@ child process that the runtime kills when an invocation runs past HANDLER_TIMEOU
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from runtime import envcodec, schema
 from runtime.context import Context
@@ -32,6 +34,70 @@ class FunctionSettings:
     output_max_bytes: int
     context_fields: dict[str, Any]  # host, port, input_key, output_key
     memory_mb: int = 0  # a worker's data-size limit (RLIMIT_DATA); 0: none
+
+
+@dataclass(frozen=True)
+class Request:
+    """One sample to run: its stream id (None when polled) and JSON text, or why the entry is unusable."""
+
+    entry_id: str | None
+    raw: str | None
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class EnvData:
+    """`context.env` as checkpoint JSON text, or (text None) why it cannot be stored."""
+
+    text: str | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one invocation came to; plain values, so it crosses the worker boundary as JSON."""
+
+    timestamp: str | None = None  # the sample's own `timestamp` field, when it is a string
+    output: str | None = None  # the result as JSON text; None when falsy or failed
+    error: dict[str, Any] | None = None  # a faults.record(), when the invocation failed
+    duration: float = 0.0  # seconds in the handler
+    last_execution: str | None = None  # context.last_execution after the call (ISO), when it ran
+    env: EnvData | None = None  # the env after this invocation: set on the last outcome of a batch
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Outcome:
+        env = data.get("env")
+        return cls(**{**data, "env": EnvData(**env) if env is not None else None})
+
+
+class Invoker(Protocol):
+    """Where the handler runs: in this process (InProcess) or in a worker process (worker.Worker)."""
+
+    version: str | None  # the loaded function's version; None while none has ever loaded
+    error: str | None  # why the latest load failed, if it did
+
+    def refresh(self) -> bool:
+        """Load or reload the function if its files changed; True when a new version is in use."""
+
+    def invoke_batch(self, requests: Sequence[Request]) -> Iterator[Outcome]:
+        """One Outcome per request, in order, each as it finishes; the last one carries the env.
+
+        Raises InvocationLost at a request that did not return (timeout, dead worker): the requests
+        after it are not run, and the env of the batch is gone; the next batch starts from what
+        restore() gave last.
+        """
+
+    def env_data(self) -> EnvData:
+        """The env as it is now."""
+
+    def restore(self, env_text: str | None, last_execution: datetime | None) -> None:
+        """Start again from a committed env (JSON text; None: not durable, start empty)."""
+
+    def close(self) -> None:
+        """Stop whatever runs the handler."""
 
 
 class InvocationLost(Exception):
@@ -143,15 +209,14 @@ class InProcess:
         """Load or reload the function if its files changed; True when a new version is in use."""
         return self.function.refresh()
 
-    def invoke(self, raw: str | None, problem: str | None, entry_id: str | None,
-               with_env: bool = False) -> dict[str, Any]:
-        outcome = call(self.function, self.context, self.settings, raw, problem, entry_id)
-        if with_env:
-            outcome["env"] = encode_env(self.context.env)
-        return outcome
+    def invoke_batch(self, requests: Sequence[Request]) -> Iterator[Outcome]:
+        for index, request in enumerate(requests):
+            outcome = Outcome(**call(self.function, self.context, self.settings, request.raw, request.problem,
+                                     request.entry_id))
+            yield outcome if index < len(requests) - 1 else dataclasses.replace(outcome, env=self.env_data())
 
-    def env_data(self) -> tuple[str | None, str | None]:
-        return encode_env(self.context.env)
+    def env_data(self) -> EnvData:
+        return EnvData(*encode_env(self.context.env))
 
     def restore(self, env_text: str | None, last_execution: datetime | None) -> None:
         self.context.env = decode_env(env_text)

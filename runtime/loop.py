@@ -32,7 +32,7 @@ from runtime import envcodec, schema
 from runtime.config import BACKOFF_CAP_SECONDS, BLOCK_SECONDS, ERRORS_KEPT, ConfigError, RuntimeConfig
 from runtime.config import configure_logging, connect
 from runtime.faults import Fault, record
-from runtime.invoke import EMPTY_ENV, FunctionSettings, InProcess, InvocationLost
+from runtime.invoke import EMPTY_ENV, FunctionSettings, InProcess, InvocationLost, Invoker, Outcome, Request
 from runtime.lease import Lease, LeaseLost
 from runtime.observe import Health, Metrics, serve
 from runtime.requirements import RequirementsError, install
@@ -65,7 +65,7 @@ class Checkpoint:
 
 class Runtime:
     def __init__(self, config: RuntimeConfig, client: redis.Redis, stop: threading.Event,
-                 invoker: InProcess | Worker | None = None, metrics: Metrics | None = None) -> None:
+                 invoker: Invoker | None = None, metrics: Metrics | None = None) -> None:
         self.config = config
         self.keys = config.keys
         self.client = client
@@ -136,16 +136,9 @@ class Runtime:
             self._heartbeat()
             return
         self._function_ready()  # an edit made while we waited for samples applies to them
-        outcomes = []
-        for index, sample in enumerate(batch):
-            try:
-                outcomes.append(self._invoke(sample, last=index == len(batch) - 1))
-            except InvocationLost as lost:
-                self._forget_batch(sample, lost.error)
-                return
-            if self.stop.is_set():  # warm stop: finish this invocation, commit, leave
-                break
-        self._commit(outcomes)
+        done = self._invoke(batch)
+        if done is not None:
+            self._commit(done)
 
     def _forget_state(self) -> None:
         """Not the active runtime: whatever we hold may be stale; the stored checkpoint is the truth."""
@@ -307,30 +300,38 @@ class Runtime:
 
     # --- call -----------------------------------------------------------------------------------
 
-    def _invoke(self, sample: Sample, last: bool) -> dict[str, Any]:
-        if sample.cursor in self.lost:  # it hung or killed its worker before: recorded, not run again
-            error = self.lost.pop(sample.cursor)
-            return {"sample": sample, "timestamp": error["sample_timestamp"] or None, "output": None,
-                    "error": error, "duration": 0.0}
-        outcome = self.invoker.invoke(sample.raw, sample.problem, sample.entry_id, with_env=last)
-        outcome["sample"] = sample
-        self.metrics.duration.observe(outcome["duration"])
-        return outcome
+    def _invoke(self, batch: list[Sample]) -> list[tuple[Sample, Outcome]] | None:
+        """Run the batch up to a sample lost before (recorded, not run again); None when one is lost now."""
+        if batch[0].cursor in self.lost:  # it hung or killed its worker before: recorded, not run again
+            error = self.lost.pop(batch[0].cursor)
+            return [(batch[0], Outcome(timestamp=error["sample_timestamp"] or None, error=error))]
+        run = batch[:next((i for i, s in enumerate(batch) if s.cursor in self.lost), len(batch))]
+        done: list[tuple[Sample, Outcome]] = []
+        requests = [Request(s.entry_id, s.raw, s.problem) for s in run]
+        try:
+            for sample, outcome in zip(run, self.invoker.invoke_batch(requests)):
+                self.metrics.duration.observe(outcome.duration)
+                done.append((sample, outcome))
+        except InvocationLost as lost:
+            self._forget_batch(run[len(done)], lost.error)
+            return None
+        return done
 
     # --- commit ---------------------------------------------------------------------------------
 
-    def _commit(self, outcomes: list[dict[str, Any]]) -> None:
+    def _commit(self, outcomes: list[tuple[Sample, Outcome]]) -> None:
         """Store the batch's outputs, errors, checkpoint and status in one transaction."""
         if not outcomes:
             return
-        cursor = outcomes[-1]["sample"].cursor
+        cursor = outcomes[-1][0].cursor
         last_execution = _last_execution(outcomes, self.committed.last_execution)
-        errors = [o["error"] for o in outcomes if o["error"] is not None]
+        errors = [o.error for _, o in outcomes if o.error is not None]
         if not self.keys.output:
             self.committed = Checkpoint(cursor, None, last_execution)
-            self._account(outcomes, errors, _lag_seconds(outcomes[-1]))
+            self._account(outcomes, errors, _lag_seconds(*outcomes[-1]))
             return
-        env_data, env_error = outcomes[-1].get("env") or self.invoker.env_data()
+        env = outcomes[-1][1].env or self.invoker.env_data()
+        env_data, env_error = env.text, env.error
         pipe = self.client.pipeline(transaction=True)
         try:
             self.lease.fence(pipe)
@@ -343,7 +344,7 @@ class Runtime:
             raise
         self._queue_effects(pipe, outcomes)
         pipe.set(self.keys.state, _state_json(cursor, env_data, env_error, last_execution))
-        lag = _lag_seconds(outcomes[-1])
+        lag = _lag_seconds(*outcomes[-1])
         status = self._status_fields(outcomes[-1], last_execution, env_error, lag)
         if errors:
             status["last_error"] = json.dumps(errors[-1])
@@ -367,22 +368,22 @@ class Runtime:
         log.info("committed samples=%d cursor=%s errors=%d lag_s=%s", len(outcomes), cursor, len(errors),
                  status.get("lag_seconds", "?"))
 
-    def _queue_effects(self, pipe: redis.client.Pipeline, outcomes: list[dict[str, Any]]) -> None:
+    def _queue_effects(self, pipe: redis.client.Pipeline, outcomes: list[tuple[Sample, Outcome]]) -> None:
         minid = int((time.time() - self.config.retention_seconds) * 1000)
         last_output = None
-        for outcome in outcomes:
-            if outcome["output"] is not None:
-                last_output = outcome["output"]
-                pipe.xadd(self.keys.output_stream, {schema.SAMPLE_ID_FIELD: outcome["sample"].entry_id or "",
-                                                    schema.TIMESTAMP: outcome["timestamp"] or "",
-                                                    schema.OUTPUT_FIELD: outcome["output"]},
+        for sample, outcome in outcomes:
+            if outcome.output is not None:
+                last_output = outcome.output
+                pipe.xadd(self.keys.output_stream, {schema.SAMPLE_ID_FIELD: sample.entry_id or "",
+                                                    schema.TIMESTAMP: outcome.timestamp or "",
+                                                    schema.OUTPUT_FIELD: outcome.output},
                           minid=minid, approximate=True)
-            if outcome["error"] is not None:
-                pipe.xadd(self.keys.errors, outcome["error"], maxlen=ERRORS_KEPT, approximate=True)
+            if outcome.error is not None:
+                pipe.xadd(self.keys.errors, outcome.error, maxlen=ERRORS_KEPT, approximate=True)
         if last_output is not None:
             pipe.set(self.keys.output, last_output)
 
-    def _account(self, outcomes: list[dict[str, Any]], errors: list[dict[str, Any]], lag: float | None) -> None:
+    def _account(self, outcomes: list[tuple[Sample, Outcome]], errors: list[dict[str, Any]], lag: float | None) -> None:
         """Metrics and logs of a committed batch."""
         self.metrics.invocations.inc(len(outcomes))
         if lag is not None:
@@ -392,15 +393,16 @@ class Runtime:
             log.warning("invocation_failed sample=%s fault=%s error=%s", error["sample_id"] or "-",
                         error["fault"], error["message"])
 
-    def _status_fields(self, last: dict[str, Any], last_execution: datetime | None,
+    def _status_fields(self, last: tuple[Sample, Outcome], last_execution: datetime | None,
                        env_error: str | None, lag: float | None) -> dict[str, str]:
+        sample, outcome = last
         status = {
             "state": "running",
             "mode": "stream" if self.stream_mode else "poll",
-            "last_sample_id": last["sample"].entry_id or "",
-            "last_sample_timestamp": last["timestamp"] or "",
+            "last_sample_id": sample.entry_id or "",
+            "last_sample_timestamp": outcome.timestamp or "",
             "last_execution": last_execution.isoformat(sep=" ") if last_execution else "",
-            "last_duration_ms": f"{last['duration'] * 1000:.3f}",
+            "last_duration_ms": f"{outcome.duration * 1000:.3f}",
             "function_version": self.invoker.version or "",
             "env_durable": "1" if env_error is None else "0",
             "env_error": env_error or "",
@@ -466,22 +468,22 @@ def _state_json(cursor: str, env_text: str | None, env_error: str | None, last_e
     return f'{fields[:-1]}, "env": {env_text if env_text is not None else "null"}}}'
 
 
-def _last_execution(outcomes: list[dict[str, Any]], previous: datetime | None) -> datetime | None:
-    for outcome in reversed(outcomes):
-        if outcome.get("last_execution"):
-            return datetime.fromisoformat(outcome["last_execution"])
+def _last_execution(outcomes: list[tuple[Sample, Outcome]], previous: datetime | None) -> datetime | None:
+    for _, outcome in reversed(outcomes):
+        if outcome.last_execution:
+            return datetime.fromisoformat(outcome.last_execution)
     return previous
 
 
-def _lag_seconds(outcome: dict[str, Any]) -> float | None:
+def _lag_seconds(sample: Sample, outcome: Outcome) -> float | None:
     """Sample time to output stored: from the sample's timestamp, else from its stream id."""
-    if outcome["timestamp"]:
+    if outcome.timestamp:
         try:
-            return (datetime.now() - schema.parse_timestamp(outcome["timestamp"])).total_seconds()
+            return (datetime.now() - schema.parse_timestamp(outcome.timestamp)).total_seconds()
         except schema.SampleError:
             pass
-    if outcome["sample"].entry_id:
-        return time.time() - schema.stream_id_millis(outcome["sample"].entry_id) / 1000
+    if sample.entry_id:
+        return time.time() - schema.stream_id_millis(sample.entry_id) / 1000
     return None
 
 

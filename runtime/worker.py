@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from multiprocessing.connection import Connection
@@ -25,7 +26,8 @@ from typing import Any
 from runtime.context import Context
 from runtime.faults import Fault, record
 from runtime.function import FunctionSource, source_identity
-from runtime.invoke import EMPTY_ENV, FunctionSettings, InvocationLost, call, decode_env, encode_env
+from runtime.invoke import EMPTY_ENV, EnvData, FunctionSettings, InvocationLost, Outcome, Request, call
+from runtime.invoke import decode_env, encode_env
 
 log = logging.getLogger("runtime.worker")
 
@@ -103,6 +105,12 @@ class Worker:
         self.version, self.error = reply["version"] or previous, reply["error"]
         return reply["version"] is not None and reply["version"] != previous
 
+    def invoke_batch(self, requests: Sequence[Request]) -> Iterator[Outcome]:
+        for index, request in enumerate(requests):
+            reply = self.invoke(request.raw, request.problem, request.entry_id, with_env=index == len(requests) - 1)
+            env = reply.pop("env", None)
+            yield Outcome(**reply, env=EnvData(*env) if env is not None else None)
+
     def invoke(self, raw: str | None, problem: str | None, entry_id: str | None,
                with_env: bool = False) -> dict[str, Any]:
         """One invocation's outcome; with `with_env`, also the env after it, as env_data() gives it."""
@@ -113,9 +121,9 @@ class Worker:
             lost.error.update(sample_id=entry_id or "", sample_timestamp=_timestamp_of(raw))
             raise
 
-    def env_data(self) -> tuple[str | None, str | None]:
+    def env_data(self) -> EnvData:
         reply = self._request({"op": "env"}, START_TIMEOUT)
-        return reply["env"], reply["error"]
+        return EnvData(reply["env"], reply["error"])
 
     def restore(self, env_data: str | None, last_execution: datetime | None) -> None:
         """The env a worker starts from; sent now if one runs, else when the next one starts."""
