@@ -230,7 +230,8 @@ class FunctionSource:
         except FunctionLoadError as error:
             self.retry.failed()
             if not again or str(error) != self.error:  # a retry failing the same way is not news
-                log.error("function_load_failed path=%s keeping=%s error=%s", self.path,
+                # Debug: the runtime reports the failure itself (log line, status, error record), once.
+                log.debug("function_load_failed path=%s keeping=%s error=%s", self.path,
                           self.current.version if self.current else "none", error)
             self.error = str(error)
             return False
