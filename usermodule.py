@@ -76,8 +76,10 @@ def cpu_moving_averages(input: dict, env: dict, now: float) -> dict:
     env["cpu_last_time"] = now
     averages = {}
     for name, raw in input.items():
-        value = number(raw)
-        if not name.startswith(CPU_PREFIX) or value is None or not name[len(CPU_PREFIX):].isdigit():
+        if not name.startswith(CPU_PREFIX) or not name[len(CPU_PREFIX):].isdigit():
+            continue
+        value = raw if type(raw) is float and math.isfinite(raw) else number(raw)  # the common case first
+        if value is None:
             continue
         cpu = int(name[len(CPU_PREFIX):])
         window = windows.setdefault(cpu, deque())
