@@ -55,7 +55,7 @@ class Channel:
             body = self._frame()
             if body is not None:
                 try:
-                    return self._loads(body)
+                    return self._loads(body.decode())  # text: json skips guessing the encoding
                 except (ValueError, RecursionError) as error:
                     raise ChannelClosed(f"unreadable message ({error})") from None
             self._fill(deadline)
