@@ -100,6 +100,9 @@ class Invoker(Protocol):
     def close(self) -> None:
         """Stop whatever runs the handler."""
 
+    # Optional: take_incidents() -> list of error records of faults no sample caused (a worker that
+    # died while idle); emptied by the call. Worker and InProcess have it.
+
 
 class InvocationLost(Exception):
     """An invocation did not return: it ran past HANDLER_TIMEOUT or its worker process died."""
@@ -244,3 +247,6 @@ class InProcess:
 
     def close(self) -> None:
         pass
+
+    def take_incidents(self) -> list[dict[str, Any]]:
+        return []  # nothing runs between invocations here

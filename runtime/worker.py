@@ -69,11 +69,14 @@ class Worker:
         if self._process is None:
             self._start()
         self._identity = identity
-        previous = self.version
+        previous, failing = self.version, self.error is not None
         reply = self._request({"op": "load"}, START_TIMEOUT)
         self.version, self.error = reply["version"] or previous, reply["error"]
-        self._retry.failed() if self.error is not None else self._retry.succeeded()
-        return reply["version"] is not None and reply["version"] != previous
+        if self.error is not None:
+            self._retry.failed()
+            return False
+        self._retry.succeeded()
+        return reply["version"] is not None and (reply["version"] != previous or failing)
 
     def invoke_batch(self, requests: Sequence[Request]) -> Iterator[Outcome]:
         """Send the batch in one message; yield each outcome as its reply comes, each with its own deadline."""
