@@ -85,7 +85,7 @@ class Worker:
         if self._process is None or not self._alive():
             self._restart_dead_worker()
         first, last_execution = self._take_ids(len(requests)), self._last_execution
-        self._send({"op": "batch", "id": first, "requests": [[r.entry_id, r.raw, r.problem] for r in requests]})
+        self._send({"op": "batch", "id": first, "requests": [_wire(request) for request in requests]})
         for index, request in enumerate(requests):
             try:
                 reply = self._receive(first + index, self.timeout)
@@ -214,7 +214,18 @@ class Worker:
                                     f"os._exit(), a crash or running out of memory; {how}", None, None))
 
 
-def _timestamp_of(raw: str | None) -> str:
+def _wire(request: Request) -> list[Any]:
+    """A request as the worker receives it: text only, bytes that are not UTF-8 already refused."""
+    raw, problem = request.raw, request.problem
+    if isinstance(raw, (bytes, bytearray)):
+        try:
+            raw = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as error:
+            raw, problem = None, f"payload is not UTF-8 text ({error})"
+    return [request.entry_id, raw, problem]
+
+
+def _timestamp_of(raw: str | bytes | None) -> str:
     try:
         value = json.loads(raw).get("timestamp") if raw else None
     except (ValueError, AttributeError, RecursionError):

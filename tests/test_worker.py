@@ -200,6 +200,18 @@ def test_every_request_to_a_dead_worker_raises_invocation_lost_never_oserror(tmp
         worker.close()
 
 
+def test_samples_as_bytes_reach_the_handler_as_text_and_non_utf8_bytes_are_an_input_invalid_record(tmp_path):
+    worker = make_worker(tmp_path)
+    good = json.dumps(make_samples(1)[0]).encode()
+    try:
+        first, second, third = worker.invoke_batch([Request("1-1", good), Request("1-2", b'{"timestamp": "\xff"}'),
+                                                    Request("1-3", bytearray(good))])
+    finally:
+        worker.close()
+    assert json.loads(first.output)["n"] == 1 and json.loads(third.output)["n"] == 2
+    assert second.error["fault"] == "input_invalid" and "not UTF-8" in second.error["message"]
+
+
 def test_a_timeout_mid_batch_costs_only_that_invocation_and_each_has_its_own_deadline(tmp_path):
     worker = make_worker(tmp_path, '''
 import time
