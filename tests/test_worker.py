@@ -114,6 +114,19 @@ def test_prints_are_captured_per_invocation_capped_and_never_reach_the_runtime_l
     assert log.stat().st_size < 100_000 and "spam" not in log.read_text()
 
 
+def test_with_log_level_debug_each_calls_prints_are_one_log_line(client, redis_url, tmp_path, processes):
+    path = write_function(tmp_path, 'def handler(input, context):\n    print("hello from", input["timestamp"])\n'
+                                    '    return {"ok": 1}\n')
+    samples = make_samples(2)
+    publish(client, samples)
+    log = tmp_path / "runtime.log"
+    with open(log, "w") as sink:
+        processes.append(spawn("runtime", runtime_env(redis_url, path, LOG_LEVEL="DEBUG"), stderr=sink))
+        wait_for(lambda: len(outputs(client, "out")) == 2, timeout=30)
+    lines = [line for line in log.read_text().splitlines() if "handler_output" in line]
+    assert len(lines) == 2 and f"hello from {samples[1]['timestamp']}" in lines[1], lines
+
+
 HANGING_WITH_CHILDREN = '''
 import os, subprocess, sys, time
 
