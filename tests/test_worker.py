@@ -225,6 +225,20 @@ def test_samples_as_bytes_reach_the_handler_as_text_and_non_utf8_bytes_are_an_in
     assert second.error["fault"] == "input_invalid" and "not UTF-8" in second.error["message"]
 
 
+def test_a_batch_abandoned_part_way_leaves_no_trace_in_the_env(tmp_path):
+    worker = make_worker(tmp_path)
+    requests = [Request(f"1-{i}", json.dumps(s)) for i, s in enumerate(make_samples(6))]
+    try:
+        assert [json.loads(o.output)["n"] for o in worker.invoke_batch(requests[:2])] == [1, 2]
+        batch = worker.invoke_batch(requests[2:])
+        assert json.loads(next(batch).output)["n"] == 3
+        batch.close()  # the caller stops reading: the worker must not go on counting unrecorded calls
+        worker.refresh()
+        assert [json.loads(o.output)["n"] for o in worker.invoke_batch(requests[2:4])] == [3, 4]
+    finally:
+        worker.close()
+
+
 def test_a_timeout_mid_batch_costs_only_that_invocation_and_each_has_its_own_deadline(tmp_path):
     worker = make_worker(tmp_path, '''
 import time
