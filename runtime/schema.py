@@ -399,7 +399,7 @@ def build_extra(
         if "percent" in usage:
             extra[disk_usage_field(mount, "percent")] = float(usage["percent"])
     extra.update({temperature_field(label): float(value) for label, value in (temperatures or {}).items()})
-    return extra
+    return {name: value for name, value in extra.items() if math.isfinite(value)}  # a sensor may read NaN
 
 
 def parse_extra(raw: str | bytes | bytearray) -> dict[str, float | int]:
