@@ -135,7 +135,7 @@ def test_trimming_drops_entries_older_than_retention_on_the_servers_clock(client
 @pytest.mark.parametrize("host, message", [
     ("state", "is reserved"), ("lease", "is reserved"), ("stream", "is reserved"), ("hosts", "is reserved"),
     ("a:b", "letters, digits"), (b"n\xffde", "letters, digits"), ("x" * 254, "letters, digits"),
-])
+], ids=["state", "lease", "stream", "hosts", "colon", "non-utf8", "too-long"])
 def test_a_bad_host_id_is_refused_at_start(redis_url, host, message):
     env = {**{k.encode(): v.encode() for k, v in os.environ.items()}, b"REDIS_URL": redis_url.encode(),
            b"HOST_ID": host if isinstance(host, bytes) else host.encode()}
