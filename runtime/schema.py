@@ -271,7 +271,7 @@ def decode_object(raw: str | bytes | bytearray) -> dict[str, Any]:
             raise SampleError(f"payload is not UTF-8 text ({error})") from None
     try:
         value = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError) as error:
+    except (ValueError, RecursionError) as error:  # ValueError: bad JSON, or an integer over Python's digit limit
         raise SampleError(f"payload is not JSON ({error}); the collector writes one JSON object per sample") from None
     if not isinstance(value, dict):
         raise SampleError(f"payload is JSON but a {type(value).__name__}, not an object of metric fields")
@@ -362,6 +362,16 @@ def extra_spec(name: str) -> tuple[type, str] | None:
         if name.startswith(prefix) and device and last in parts:
             return parts[last]
     return None
+
+
+def unit_of(name: str) -> str | None:
+    """The unit of any known field: the course's (UNITS, `%` for CPUs) or an extended metric's."""
+    if name in UNITS:
+        return UNITS[name]
+    if cpu_index(name) is not None:
+        return "%"
+    spec = extra_spec(name)
+    return spec[1] if spec else None
 
 
 def extra_device(name: str) -> str | None:
@@ -532,8 +542,16 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
         if kind is float:
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
         elif kind is int:
-            frame[column] = pd.to_numeric(frame[column], errors="coerce").round().astype("Int64")
+            frame[column] = _whole(pd.to_numeric(frame[column], errors="coerce"))
     return frame
+
+
+def _whole(values: pd.Series) -> pd.Series:
+    """Int64 where the values fit 64 bits; float64 where they do not (a huge counter), never an error."""
+    try:
+        return values.round().astype("Int64")
+    except (TypeError, ValueError, OverflowError):
+        return values.astype("float64")
 
 
 def _known_order(columns: Iterable[str]) -> list[str]:

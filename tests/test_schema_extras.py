@@ -175,3 +175,17 @@ def test_a_sample_from_year_9999_is_framed_not_crashing():
     frame, malformed = schema.entries_to_frame(
         [("1-0", {"sample": schema.encode_sample(dict(fixture_samples()[0], timestamp="9999-12-31 23:59:59.000000"))})])
     assert malformed == 0 and frame.index[0].year == 9999
+
+
+def test_every_field_a_reader_meets_has_a_unit():
+    names = [*schema.INT_FIELDS, *schema.FLOAT_FIELDS, "cpu_percent-7", *EXTRA]
+    assert all(schema.unit_of(name) for name in names)
+    assert schema.unit_of("disk_io-sda-read_count") == "operations" and schema.unit_of("rogue") is None
+
+
+def test_an_integer_over_pythons_digit_limit_is_not_json_and_a_huge_one_still_frames():
+    with pytest.raises(schema.SampleError, match="not JSON .*Exceeds the limit"):
+        schema.parse_sample('{"timestamp": "2026-11-30 08:00:00.000000", "n_pids": ' + "9" * 5000 + "}")
+    huge = dict(fixture_samples()[0], n_pids=10**30)
+    frame, malformed = schema.entries_to_frame([("1-0", {"sample": json.dumps(huge)})])
+    assert malformed == 0 and frame["n_pids"].iloc[0] == pytest.approx(1e30)
