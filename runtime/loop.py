@@ -300,10 +300,10 @@ class Runtime:
 
     def describe(self) -> str:
         """Why the runtime is not ready, for /readyz."""
-        if self.invoker.version is None:
-            return f"no function loaded ({self.invoker.error or 'loading'})"
         if self.status.problem:
             return self.status.problem
+        if self.invoker.version is None:
+            return f"no function loaded ({self.invoker.error or 'loading'})"
         return "Redis unreachable" if not self._restored else "starting"
 
 

@@ -57,8 +57,8 @@ class Health:
         self.last_progress = time.monotonic()
 
     def calling(self, busy: bool) -> None:
+        """The handler runs (it may take HANDLER_TIMEOUT), or no longer does."""
         self.call_started = time.monotonic() if busy else None
-        self.progress()
 
     @property
     def alive(self) -> bool:
