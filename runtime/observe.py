@@ -15,8 +15,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 log = logging.getLogger(__name__)
 
 STALL_SECONDS = 10.0  # no step completed for this long (outside a handler call): /healthz fails
-HTTP_IDLE_SECONDS = 10.0  # an HTTP connection idle this long is closed
-HTTP_THREADS = 16  # connections served at once; more are closed at once
+HTTP_IDLE_SECONDS = 5.0  # an HTTP connection idle this long is closed, its thread freed
+HTTP_THREADS = 32  # connections served at once; more are closed at once
 
 
 class Metrics:
