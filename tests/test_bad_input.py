@@ -246,3 +246,12 @@ def test_a_step_that_fails_unexpectedly_costs_one_sample_and_the_loop_goes_on(cl
     assert error["sample_id"] == ids[1] and "RuntimeError: a bug on the runtime's side" in error["message"]
     assert "step_failed error=RuntimeError" in caplog.text and "Traceback" in caplog.text
     assert runtime.metrics.loop_errors._value.get() == 1
+
+
+def test_a_runtime_clock_25_h_ahead_does_not_trim_the_outputs(client, redis_url, monkeypatch):
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 25 * 3600)  # retention is measured on Redis's clock
+    ids = publish(client, make_samples(3))
+    with running_runtime(runtime_env(redis_url, USERMODULE, RETENTION_SECONDS="3600", HANDLER_TIMEOUT="0")):
+        wait_for(lambda: client.hget("out:status", "invocations") == "3")
+    assert [i for i, _ in outputs(client, "out")] == ids
