@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import sys
-import threading
 
-from runtime.config import ConfigError, RuntimeConfig, configure_logging, connect
+from runtime.config import RuntimeConfig, connect, start_role
 from runtime.hosts import HostSupervisor
 from runtime.observe import Metrics, Probes, StartingHealth, serve
 from runtime.requirements import RequirementsError, install
@@ -18,15 +15,10 @@ log = logging.getLogger("runtime")
 
 def main() -> int:
     """Exit 2 on bad configuration, 3 when the requirements do not install; SIGTERM finishes the invocation."""
-    try:
-        config = RuntimeConfig.from_env()
-        configure_logging(os.environ)
-    except ConfigError as error:
-        print(f"runtime: {error}", file=sys.stderr)
+    started = start_role("runtime", RuntimeConfig.from_env)
+    if started is None:
         return 2
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    config, stop = started
     log.info("starting redis=%s input=%s output=%s function=%s handler=%s timeout=%gs", config.redis.safe_url(),
              config.keys.input, config.keys.output, config.function_path, config.handler_name,
              config.handler_timeout)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
 import tempfile
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
@@ -15,6 +19,8 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from runtime import schema
+
+T = TypeVar("T")
 
 DEFAULT_INTERVAL = 5.0  # seconds, as in the course's reference runtime and collector
 MIN_COLLECTOR_INTERVAL = 0.5
@@ -144,6 +150,23 @@ def connect(settings: RedisSettings, client_name: str) -> redis.Redis:
     if settings.tls_ca:
         options["ssl_ca_certs"] = settings.tls_ca
     return redis.Redis.from_url(settings.url, **options)
+
+
+def start_role(role: str, parse: Callable[[], T]) -> tuple[T, threading.Event] | None:
+    """A role's start: its settings and logging from the environment, SIGTERM/SIGINT setting the stop event.
+
+    None (after saying why on stderr, as `<role>: <what is wrong>`) when a setting is bad: exit 2.
+    """
+    try:
+        config = parse()
+        configure_logging(os.environ)
+    except ConfigError as error:
+        print(f"{role}: {error}", file=sys.stderr)
+        return None
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return config, stop
 
 
 def configure_logging(env: Mapping[str, str]) -> None:
