@@ -21,7 +21,7 @@ from runtime.reader import text_of
 
 log = logging.getLogger(__name__)
 
-SCAN_SECONDS = 2.0  # how soon a new host is picked up
+SCAN_SECONDS = 5.0  # how soon a new host is picked up (each scan is a wake-up of an idle runtime)
 
 
 class HostSupervisor:

@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import psutil
@@ -27,12 +27,21 @@ from runtime.status import HEARTBEAT_SECONDS
 log = logging.getLogger(__name__)
 
 # Renew only what we hold: a lapsed lease taken by another replica must not be extended by us.
+# While held, also write the heartbeat fields (ARGV[3..]) to the hash KEYS[2]: one round trip per tick.
 RENEW = """
+local held = 0
 if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('pexpire', KEYS[1], ARGV[2])
+  held = redis.call('pexpire', KEYS[1], ARGV[2])
+elseif redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  held = 1
 end
-return redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+if held == 1 and #ARGV > 2 then
+  local found = redis.call('type', KEYS[2])['ok']
+  if found == 'none' or found == 'hash' then redis.call('hset', KEYS[2], unpack(ARGV, 3)) end
+end
+return held
 """
+Heartbeat = tuple[str, Mapping[str, str]]  # a hash key and the fields to write there
 # Take the lease from a holder proven dead, only if it still holds it.
 TAKE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -47,7 +56,7 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-RENEWALS_PER_LEASE = 3  # renew this many times per lease period: two renewals may fail before it lapses
+RENEWALS_PER_LEASE = 2.5  # renewals per lease period: one may fail, and the next still comes in time
 
 
 class LeaseUnavailable(Exception):
@@ -119,9 +128,14 @@ class Lease:
         self._take = client.register_script(TAKE)
         self._release = client.register_script(RELEASE)
 
-    def hold(self) -> bool:
-        """Take or renew the lease (at once from a dead predecessor); True while this runtime is active."""
-        held = bool(self._renew(keys=[self.key], args=[self.holder, self.millis])) or self._take_from_dead()
+    def hold(self, heartbeat: Heartbeat | None = None) -> bool:
+        """Take or renew the lease (at once from a dead predecessor); True while this runtime is active.
+
+        With a heartbeat, its fields are written in the same round trip while we hold the lease.
+        """
+        key, fields = heartbeat or (self.key, {})
+        args = [self.holder, self.millis, *(part for item in fields.items() for part in item)]
+        held = bool(self._renew(keys=[self.key, key], args=args)) or self._take_from_dead()
         if held != self.held:
             log.info("lease_%s key=%s holder=%s", "acquired" if held else "lost", self.key, self.holder)
         self.held = held
@@ -153,7 +167,7 @@ class NoLease:
     held = True
     millis = 3_600_000
 
-    def hold(self) -> bool:
+    def hold(self, heartbeat: Heartbeat | None = None) -> bool:
         return True
 
     def release(self) -> None:
@@ -161,20 +175,23 @@ class NoLease:
 
 
 class LeaseKeeper(threading.Thread):
-    """Renews (or, on a standby, tries to take) the lease every third of its period until `stop`."""
+    """Renews (or, on a standby, tries to take) the lease 2.5 times per period (at least every 2 s) until `stop`."""
 
-    def __init__(self, lease: Lease | NoLease, stop: threading.Event, on_tick: Callable[[bool], None]) -> None:
+    def __init__(self, lease: Lease | NoLease, stop: threading.Event, heartbeat: Callable[[], Heartbeat | None],
+                 on_problem: Callable[[str], None]) -> None:
         super().__init__(name=f"lease-{lease.key}", daemon=True)
         self.lease = lease
         self.stop = stop
-        self.on_tick = on_tick  # called with whether we hold the lease (heartbeat, standby status)
+        self.heartbeat = heartbeat  # what to write with each renewal (None: nothing, the loop is stuck)
+        self.on_problem = on_problem  # told when the lease cannot be taken at all
         self.period = min(lease.millis / 1000 / RENEWALS_PER_LEASE, HEARTBEAT_SECONDS)
         self.changed = threading.Event()  # set whenever `held` may have changed
         self.problem: str | None = None  # what keeps us from holding the lease, besides another holder
 
     def tick(self) -> bool:
+        """Renew or try to take the lease, with the heartbeat; whether we hold it."""
         try:
-            held = self.lease.hold()
+            held = self.lease.hold(self.heartbeat())
             self._report(None)
         except redis.ResponseError as error:  # refused: a wrong key type, out of memory, read-only
             self.lease.held = False
@@ -184,10 +201,6 @@ class LeaseKeeper(threading.Thread):
             self._report(f"the lease {self.lease.key} cannot be renewed: {error}")
             return self.lease.held
         self.changed.set()
-        try:
-            self.on_tick(held)
-        except redis.RedisError as error:
-            log.debug("heartbeat_not_written error=%s", error)
         return held
 
     def _explain(self, error: redis.ResponseError) -> str:
@@ -200,6 +213,7 @@ class LeaseKeeper(threading.Thread):
         if problem != self.problem:
             if problem:
                 log.warning("lease_unavailable %s", problem)
+                self.on_problem(problem)
             elif self.problem:
                 log.info("lease_available key=%s", self.lease.key)
         self.problem = problem

@@ -59,7 +59,8 @@ class Runtime:
         else:  # the course's "no output key": the handler runs, nothing is stored
             self.checkpoints = MemoryCheckpoints()
             self.status, self.committer, self.lease = NullStatus(), MemoryCommitter(self.checkpoints), NoLease()
-        self.keeper = LeaseKeeper(self.lease, stop, self._on_lease_tick)
+        self.keeper = LeaseKeeper(self.lease, stop, self._heartbeat,
+                                  lambda problem: self.status.set(State.STALLED, problem=problem))
         self.committed = Checkpoint()
         self.lost: dict[object, dict[str, Any]] = {}  # cursor -> error of an invocation that did not return
         self._restored = False
@@ -150,12 +151,9 @@ class Runtime:
         self.keeper.changed.clear()
         return False
 
-    def _on_lease_tick(self, held: bool) -> None:
-        """From the lease keeper: the heartbeat while the loop makes progress."""
-        if held and self.health.alive:
-            self.status.heartbeat()
-        elif self.keeper.problem:
-            self.status.set(State.STALLED, problem=self.keeper.problem)
+    def _heartbeat(self) -> tuple[str, dict[str, str]] | None:
+        """What the lease keeper writes with each renewal: the status, while the loop makes progress."""
+        return (self.config.keys.status, self.status.current()) if self.health.alive else None
 
     def _wake_on_stop(self) -> None:
         self.stop.wait()

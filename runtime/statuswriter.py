@@ -46,10 +46,6 @@ class StatusWriter:
         if changed:
             self.write({})
 
-    def heartbeat(self) -> None:
-        """The runtime is alive: state, mode and problem as they are, with the time."""
-        self.write({})
-
     def write(self, fields: dict[str, str]) -> None:
         try:
             self.client.hset(self.keys.status, mapping={**self.current(), **fields})
