@@ -274,8 +274,11 @@ def decode_object(raw: str | bytes | bytearray) -> dict[str, Any]:
             raise SampleError(f"payload is not UTF-8 text ({error})") from None
     try:
         value = _json_loads(raw)
-    except (ValueError, RecursionError) as error:  # ValueError: bad JSON, or an integer over Python's digit limit
+    except (json.JSONDecodeError, RecursionError) as error:
         raise SampleError(f"payload is not JSON ({error}); the collector writes one JSON object per sample") from None
+    except ValueError as error:  # an integer longer than Python's int_max_str_digits
+        raise SampleError(f"payload holds a number Python cannot read ({error}); "
+                          "the collector writes numbers of a few digits") from None
     if not isinstance(value, dict):
         raise SampleError(f"payload is JSON but a {type(value).__name__}, not an object of metric fields")
     return value
