@@ -3,6 +3,7 @@
     python -m bench.runtime              # both
     python -m bench.runtime freshness    # sample published -> output visible, at 1 and 10 samples/s
     python -m bench.runtime throughput   # sustained invocations/s on a burst; duplicates and misses
+    python -m bench.runtime idle         # CPU at one sample per 5 s, ours beside the baseline
 
 Freshness runs three consumers on the same samples at once: our runtime on the stream, our runtime
 polling the plain key (INTERVAL=5), and the baseline that behaves like the reference (GET every 5 s,
@@ -20,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import redis
 
 from bench.common import save, synthetic_samples, table, valkey
@@ -208,9 +210,49 @@ def burst(client: redis.Redis, payloads: list[str]) -> list[str]:
     return ids
 
 
+IDLE_PERIOD_SECONDS = 5.0  # one sample per 5 s: the course's interval
+
+
+def idle(seconds: float = 60.0) -> dict:
+    """CPU of ours and of the baseline at one sample per 5 s: what the wake-ups between samples cost."""
+    from bench.overhead import usage
+
+    results, rows = {}, []
+    with valkey() as server:
+        client = redis.Redis(port=server.port, decode_responses=True)
+        url = {"REDIS_URL": server.connection_url, "FUNCTION_PATH": str(REPO / "usermodule.py")}
+        roles = {"ours, worker": ("runtime", {**url, "REDIS_OUTPUT_KEY": "o-worker"}),
+                 "ours, in-process": ("runtime", {**url, "REDIS_OUTPUT_KEY": "o-in", "HANDLER_TIMEOUT": "0"}),
+                 "baseline (INTERVAL=5)": ("bench.baseline", {**url, "REDIS_HOST": "127.0.0.1",
+                                                              "REDIS_PORT": str(server.port),
+                                                              "REDIS_INPUT_KEY": "metrics", "REDIS_OUTPUT_KEY": "o-base"})}
+        processes = {name: spawn(module, env) for name, (module, env) in roles.items()}
+        try:
+            publish_at(client, 1 / IDLE_PERIOD_SECONDS, 10)  # start-up and first loads are not measured
+            handles = {name: psutil.Process(p.pid) for name, p in processes.items()}
+            before = {name: usage(handle)[0] for name, handle in handles.items()}
+            started = time.monotonic()
+            publish_at(client, 1 / IDLE_PERIOD_SECONDS, seconds)
+            elapsed = time.monotonic() - started
+            after = {name: usage(handle)[0] for name, handle in handles.items()}
+        finally:
+            for process in processes.values():
+                process.terminate()
+                process.wait(10)
+    for name in roles:
+        percent = 100 * (after[name] - before[name]) / elapsed
+        results[name] = {"cpu_percent": percent, "seconds": elapsed}
+        rows.append([name, f"{percent:.3f} %"])
+    print(f"Idle: CPU % of one core over {elapsed:.0f} s at one sample per {IDLE_PERIOD_SECONDS:g} s")
+    print(table(["consumer", "CPU"], rows))
+    return results
+
+
 def main(argv: list[str]) -> int:
-    which = argv[1:] or ["freshness", "throughput"]
+    which = argv[1:] or ["freshness", "throughput", "idle"]
     results = {}
+    if "idle" in which:
+        results["idle"] = idle()
     if "throughput" in which:
         results["throughput"] = throughput()
     if "freshness" in which:

@@ -163,10 +163,6 @@ def _decode(request: Request, outcome: dict[str, Any]) -> dict[str, Any] | None:
     except schema.SampleError as error:
         outcome["error"] = record(Fault.INPUT_INVALID, str(error), request.entry_id, None)
         return None
-    except ValueError as error:  # an integer longer than Python's int_max_str_digits
-        outcome["error"] = record(Fault.INPUT_INVALID, f"payload holds a number Python cannot read ({error}); "
-                                  "the collector writes numbers of a few digits", request.entry_id, None)
-        return None
     timestamp = payload.get(schema.TIMESTAMP)
     outcome["timestamp"] = timestamp if isinstance(timestamp, str) else None
     return payload
