@@ -61,6 +61,9 @@ OUTPUT_FIELD = "output"
 SAMPLE_ID_FIELD = "sample_id"
 
 
+_json_loads = json.loads  # bound at import, before user code: a handler replacing json.loads cannot blind us
+
+
 class SampleError(ValueError):
     """A payload that is not a valid sample; the message says what is wrong."""
 
@@ -271,9 +274,12 @@ def decode_object(raw: str | bytes | bytearray) -> dict[str, Any]:
         except UnicodeDecodeError as error:
             raise SampleError(f"payload is not UTF-8 text ({error})") from None
     try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError) as error:  # ValueError: bad JSON, or an integer over Python's digit limit
+        value = _json_loads(raw)
+    except (json.JSONDecodeError, RecursionError) as error:
         raise SampleError(f"payload is not JSON ({error}); the collector writes one JSON object per sample") from None
+    except ValueError as error:  # an integer longer than Python's int_max_str_digits
+        raise SampleError(f"payload holds a number Python cannot read ({error}); "
+                          "the collector writes numbers of a few digits") from None
     if not isinstance(value, dict):
         raise SampleError(f"payload is JSON but a {type(value).__name__}, not an object of metric fields")
     return value
@@ -298,16 +304,42 @@ def parse_sample(raw: str | bytes | bytearray) -> dict[str, Any]:
     return validate_sample(decode_object(raw))
 
 
-def with_aliases(sample: Mapping[str, Any]) -> dict[str, Any]:
-    """The sample with network counters under both the course's names and the assignment's `...1` names."""
-    result = dict(sample)
-    for field in NET_FIELDS:
-        alias = field + NET_ALIAS_SUFFIX
-        if field in result and alias not in result:
-            result[alias] = result[field]
-        elif alias in result and field not in result:
-            result[field] = result[alias]
-    return result
+class SampleInput(dict):
+    """The sample exactly as published, for the handler: iteration, len, JSON and pandas see only its fields.
+
+    Lookups (`[]`, `.get`, `in`) also answer under the other spelling of a network counter (the
+    assignment text's `...1` names, or the course's names when the sample carries the `...1` ones),
+    so handlers written either way get the real counters without those names ever being iterated.
+    """
+
+    __slots__ = ()
+
+    def _other(self, key: Any) -> Any:
+        """The field that `key` is the other spelling of, or None."""
+        if not isinstance(key, str) or not key.startswith(NET_PREFIX):
+            return None
+        other = key.removesuffix(NET_ALIAS_SUFFIX) if key.endswith(NET_ALIAS_SUFFIX) else key + NET_ALIAS_SUFFIX
+        return other if other in _NET_SPELLINGS and dict.__contains__(self, other) else None
+
+    def __missing__(self, key: Any) -> Any:
+        other = self._other(key)
+        if other is None:
+            raise KeyError(key)
+        return dict.__getitem__(self, other)
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, key) or self._other(key) is not None
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+
+_NET_SPELLINGS = frozenset(NET_FIELDS) | {field + NET_ALIAS_SUFFIX for field in NET_FIELDS}
+
+
+def with_aliases(sample: dict[str, Any]) -> SampleInput:
+    """The sample as the handler gets it: its own fields, plus lookups under the counters' other names."""
+    return SampleInput(sample)
 
 
 # --- extended metrics (the `extra` field of an input-stream entry, never inside the sample) ------
