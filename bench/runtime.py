@@ -201,10 +201,26 @@ def burst(client: redis.Redis, payloads: list[str]) -> list[str]:
 IDLE_PERIOD_SECONDS = 5.0  # one sample per 5 s: the course's interval
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    """CPU time of a process and its children, to the nanosecond where Linux tells (schedstat).
+
+    psutil's cpu_times() counts clock ticks of 10 ms: over a minute that is 0.017 % of a core per tick,
+    too coarse for an idle process.
+    """
+    total = 0.0
+    for member in (process, *process.children(recursive=True)):
+        try:
+            tasks = os.listdir(f"/proc/{member.pid}/task")
+            total += sum(int(open(f"/proc/{member.pid}/task/{task}/schedstat").read().split()[0])
+                         for task in tasks) / 1e9
+        except (OSError, ValueError, IndexError):
+            times = member.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 def idle(seconds: float = 60.0) -> dict:
     """CPU of ours and of the baseline at one sample per 5 s: what the wake-ups between samples cost."""
-    from bench.overhead import usage
-
     results, rows = {}, []
     with valkey() as server:
         client = redis.Redis(port=server.port, decode_responses=True)
@@ -218,11 +234,11 @@ def idle(seconds: float = 60.0) -> dict:
         try:
             publish_at(client, 1 / IDLE_PERIOD_SECONDS, 10)  # start-up and first loads are not measured
             handles = {name: psutil.Process(p.pid) for name, p in processes.items()}
-            before = {name: usage(handle)[0] for name, handle in handles.items()}
+            before = {name: cpu_seconds(handle) for name, handle in handles.items()}
             started = time.monotonic()
             publish_at(client, 1 / IDLE_PERIOD_SECONDS, seconds)
             elapsed = time.monotonic() - started
-            after = {name: usage(handle)[0] for name, handle in handles.items()}
+            after = {name: cpu_seconds(handle) for name, handle in handles.items()}
         finally:
             for process in processes.values():
                 process.terminate()
