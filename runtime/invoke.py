@@ -82,8 +82,8 @@ class Invoker(Protocol):
     def refresh(self) -> bool:
         """Load or reload the function if its files changed; True when a new version is in use."""
 
-    def invoke_batch(self, requests: Sequence[Request]) -> Iterator[Outcome]:
-        """One Outcome per request, in order, each as it finishes; the last one carries the env.
+    def invoke_batch(self, requests: Sequence[Request], with_env: bool = True) -> Iterator[Outcome]:
+        """One Outcome per request, in order, each as it finishes; the last one carries the env if `with_env`.
 
         Raises InvocationLost at a request that did not return (timeout, dead worker): the requests
         after it are not run, and the env of the batch is gone; the next batch starts from what
@@ -209,11 +209,12 @@ class InProcess:
         """Load or reload the function if its files changed; True when a new version is in use."""
         return self.function.refresh()
 
-    def invoke_batch(self, requests: Sequence[Request]) -> Iterator[Outcome]:
+    def invoke_batch(self, requests: Sequence[Request], with_env: bool = True) -> Iterator[Outcome]:
         for index, request in enumerate(requests):
             outcome = Outcome(**call(self.function, self.context, self.settings, request.raw, request.problem,
                                      request.entry_id))
-            yield outcome if index < len(requests) - 1 else dataclasses.replace(outcome, env=self.env_data())
+            last = with_env and index == len(requests) - 1
+            yield dataclasses.replace(outcome, env=self.env_data()) if last else outcome
 
     def env_data(self) -> EnvData:
         return EnvData(*encode_env(self.context.env))

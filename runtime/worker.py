@@ -105,9 +105,10 @@ class Worker:
         self.version, self.error = reply["version"] or previous, reply["error"]
         return reply["version"] is not None and reply["version"] != previous
 
-    def invoke_batch(self, requests: Sequence[Request]) -> Iterator[Outcome]:
+    def invoke_batch(self, requests: Sequence[Request], with_env: bool = True) -> Iterator[Outcome]:
         for index, request in enumerate(requests):
-            reply = self.invoke(request.raw, request.problem, request.entry_id, with_env=index == len(requests) - 1)
+            reply = self.invoke(request.raw, request.problem, request.entry_id,
+                                with_env=with_env and index == len(requests) - 1)
             env = reply.pop("env", None)
             yield Outcome(**reply, env=EnvData(*env) if env is not None else None)
 
