@@ -114,6 +114,12 @@ def mounts_under(root: Path) -> list[str]:
     return sorted((p for p in points if p.startswith(str(root) + "/")), key=len, reverse=True)
 
 
+def firewall_rules() -> str:
+    """The host's iptables rules without counters (empty when iptables is not installed)."""
+    iptables = shutil.which("iptables", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+    return subprocess.run([iptables, "-S"], capture_output=True, text=True).stdout if iptables else ""
+
+
 def bridge_links() -> set[str]:
     """Names of the bridge links of this network namespace (docker0, br-<network id>)."""
     result = subprocess.run(["ip", "-o", "link", "show", "type", "bridge"], capture_output=True, text=True)

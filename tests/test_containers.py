@@ -21,7 +21,7 @@ import redis
 from runtime import schema
 from tests.conftest import FIXTURES, REPO_DIR, free_port, outputs, wait_for
 from tests.container_engine import (REDIS_IMAGE, Engine, EngineUnavailable, bridge_links, ensure_base_images,
-                                    mounts_under)
+                                    firewall_rules, mounts_under)
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(480)]
 
@@ -38,7 +38,7 @@ BROKEN_FUNCTION = "def handler(input, context:\n    return {}\n"
 @pytest.fixture(scope="session")
 def engine(tmp_path_factory) -> Engine:
     """dockerd of this session; stopped by its pid at the end, leaving no data, mount or link behind."""
-    links_before = bridge_links()
+    links_before, rules_before = bridge_links(), firewall_rules()
     root = tmp_path_factory.mktemp("docker")
     try:
         engine = Engine.start(root)
@@ -54,6 +54,7 @@ def engine(tmp_path_factory) -> Engine:
     for link in left:
         subprocess.run(["ip", "link", "delete", link], check=False)
     assert not left, f"bridges left behind: {left}"
+    assert firewall_rules() == rules_before, "dockerd changed the host's iptables rules"
 
 
 @pytest.fixture(scope="session")
@@ -104,7 +105,7 @@ def test_the_image_runs_as_the_course_runtime(engine, images, valkey, client, tm
         assert engine.run("inspect", "-f", "{{.HostConfig.ReadonlyRootfs}}", name).stdout.strip() == "true"
     finally:
         logs = engine.run("logs", name, check=False)
-        (tmp_path / "runtime.log").write_text(logs.stdout + logs.stderr)
+        (ARTIFACTS / "course-runtime.log").write_text(logs.stdout + logs.stderr)
         engine.run("rm", "-f", name, check=False)
 
 
@@ -146,8 +147,13 @@ def stack(engine, images, tmp_path):
     stack = Stack(engine, f"hmtest{os.getpid()}", variables)
     yield stack
     logs = stack.compose("logs", "--no-color", check=False)
-    (tmp_path / "compose.log").write_text(logs.stdout + logs.stderr)
+    (ARTIFACTS / "compose.log").write_text(logs.stdout + logs.stderr)
     stack.compose("down", "-v", "--timeout", "10", check=False)
+
+
+def until(condition, timeout: float, what: str) -> object:
+    """Wait for a condition that runs docker commands: polled every half second, not in a busy loop."""
+    return wait_for(lambda: condition() or time.sleep(0.5), timeout=timeout, what=what)
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -167,7 +173,7 @@ def test_compose_up_runs_the_stack_healthy_and_exactly_once_across_a_kill(stack,
     write_atomically(function, BROKEN_FUNCTION)
     stack.compose("up", "-d", "--no-build")
     # A broken function at start: the runtime is not ready, yet the dashboard comes up to say why.
-    wait_for(lambda: stack.health("dashboard") == "healthy", timeout=120, what="the dashboard, function broken")
+    until(lambda: stack.health("dashboard") == "healthy", timeout=120, what="the dashboard, function broken")
     assert stack.health("runtime") != "healthy"
     dashboard = f"http://127.0.0.1:{stack.variables['DASHBOARD_PORT']}"
     client = redis.Redis(port=int(stack.variables["REDIS_HOST_PORT"]), decode_responses=True)
@@ -213,7 +219,7 @@ def kill_the_runtime_and_check_exactly_once(stack: Stack, client: redis.Redis) -
     """A crash (SIGKILL from outside) is restarted by the restart policy; after `docker kill`, which disables
     the policy, `docker compose up` restarts it. No sample is skipped or processed twice."""
     os.kill(int(stack.inspect("runtime", "{{.State.Pid}}")), signal.SIGKILL)
-    wait_for(lambda: stack.inspect("runtime", "{{.RestartCount}}") not in ("", "0"), timeout=60,
+    until(lambda: stack.inspect("runtime", "{{.RestartCount}}") not in ("", "0"), timeout=60,
              what="the runtime restarted by its restart policy")
     wait_for_outputs_after_now(client)
     stack.engine.run("kill", stack.container("runtime"))
