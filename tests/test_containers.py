@@ -132,8 +132,8 @@ class Stack:
 
     def leftovers(self) -> str:
         label = f"label=com.docker.compose.project={self.project}"
-        return "".join(self.engine.run(kind, "ls", "-q", "--filter", label).stdout
-                       for kind in ("container", "volume", "network"))
+        listings = (("container", "ls", "--all"), ("volume", "ls"), ("network", "ls"))
+        return "".join(self.engine.run(*listing, "-q", "--filter", label).stdout for listing in listings)
 
 
 @pytest.fixture

@@ -202,6 +202,9 @@ def test_compose_runs_each_role_from_its_image_and_publishes_only_on_loopback_by
     assert services["collector"]["environment"]["REDIS_PORT"] == "${REDIS_HOST_PORT:-6379}"  # follows the port
     assert services["runtime"]["volumes"] == ["${FUNCTION_DIR:-.}:/opt/function:ro"]  # a folder, not the file
     assert services["dashboard"]["depends_on"]["runtime"] == {"condition": "service_started"}
+    for name, service in services.items():  # read-only roots, no capabilities; our images run as uid 10001
+        assert service["read_only"] is True and service["cap_drop"] == ["ALL"], name
+        assert service.get("user", "10001") != "0" and "no-new-privileges:true" in service["security_opt"], name
 
 
 # --- the Redis probes and the Redis command, run against a real Redis in a private network ------
