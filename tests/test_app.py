@@ -33,6 +33,16 @@ def charts_of(at):
     return at.get("vega_lite_chart")
 
 
+def title_of(spec):
+    """A chart's title, from the spec or (layered charts) its first layer."""
+    title = spec.get("title") or (title_of(spec["layer"][0]) if spec.get("layer") else None)
+    return title["text"] if isinstance(title, dict) else title
+
+
+def titles_of(at):
+    return [title_of(json.loads(c.proto.spec)) for c in charts_of(at)]
+
+
 def recent_samples(count):
     return make_samples(count, step_seconds=1, start=datetime.now() - timedelta(seconds=count))
 
@@ -49,10 +59,9 @@ def test_all_panels_show_with_data_and_a_running_runtime(client, redis_url, page
                   "Last execution", "Lag", "Invocations", "Errors", "State"):
         assert label in labels
     assert next(m.value for m in at.metric if m.label == "Invocations") == "60"
-    specs = [json.loads(c.proto.spec) for c in charts_of(at)]
-    titles = [s["title"]["text"] if isinstance(s.get("title"), dict) else s.get("title") for s in specs]
-    assert titles == ["CPU utilisation per core", "Virtual memory", "CPU frequency", "Number of processes",
-                      "Function outputs"]
+    assert titles_of(at) == ["CPU utilisation per core", "Virtual memory", "CPU frequency",
+                             "Network throughput", "Network packets", "Network errors and drops",
+                             "Context switches and interrupts", "Number of processes", "Function outputs"]
     assert "Embedded" not in " ".join(s.value for s in at.sidebar.success)
     assert any("Reading from a configured Redis" in i.value for i in at.sidebar.info)
 
@@ -69,7 +78,7 @@ def test_no_redis_gives_the_url_tried_and_how_to_fix_it(page):
 def test_no_samples_yet_is_a_clear_state(redis_url, page):
     at = page(redis_url)
     assert not at.exception and not at.error
-    assert any("No samples yet in `metrics:stream`" in i.value for i in at.info)
+    assert any("No samples in this window in `metrics:stream`" in i.value for i in at.info)
 
 
 def test_a_missing_runtime_is_flagged(client, redis_url, page):
@@ -77,7 +86,7 @@ def test_a_missing_runtime_is_flagged(client, redis_url, page):
     at = page(redis_url)
     assert not at.exception
     assert any("Runtime not running" in w.value for w in at.warning)
-    assert len(charts_of(at)) == 4  # the host's charts still draw
+    assert len(charts_of(at)) == 8  # the host's charts still draw
 
 
 def test_the_latest_error_and_a_non_durable_env_are_shown(client, redis_url, page, tmp_path):
@@ -129,11 +138,13 @@ def test_a_host_picker_and_an_overview_when_collectors_publish_per_host(client, 
             publisher.publish(sample)
     at = page(redis_url)
     assert not at.exception and not at.error
-    (picker,) = at.selectbox
+    (picker,) = at.sidebar.selectbox
     assert picker.options == ["alpha", "beta", "gamma"] and picker.value == "alpha"
     assert any(t.value == "input key: metrics:alpha" for t in at.sidebar.text)
     (overview,) = at.dataframe
-    assert list(overview.value["host"]) == ["alpha", "beta", "gamma"] and not overview.value["stale"].any()
+    table = overview.value
+    assert sorted(table["host"]) == ["alpha", "beta", "gamma"] and not table["stale"].any()
+    assert list(table["CPU %"]) == sorted(table["CPU %"], reverse=True)  # busiest first
     at = picker.select("gamma").run()
     assert any(t.value == "output key: out:gamma" for t in at.sidebar.text)
-    assert len(at.get("vega_lite_chart")) == 4  # gamma's host charts; no runtime has run for it
+    assert len(at.get("vega_lite_chart")) == 8  # gamma's host charts; no runtime has run for it
