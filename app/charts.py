@@ -25,11 +25,12 @@ EVENT_COLOURS = {"gap": "#9e9e9e", "restart": "#ff7f0e", "version": "#1f77b4", "
 
 def _zoom() -> alt.Parameter:
     """Drag to pan, wheel to zoom the time axis; double-click resets."""
-    return alt.selection_interval(bind="scales", encodings=["x"])
+    # A fixed name: Altair would number it anew on every tick, changing the spec and redrawing the chart.
+    return alt.selection_interval(bind="scales", encodings=["x"], name="zoom")
 
 
 def _datetime(moment: pd.Timestamp) -> alt.DateTime:
-    """A local time as Vega-Lite reads it (the samples are naive local times, as the browser shows)."""
+    """A naive local time as Vega-Lite reads it (the samples are naive local times, as the browser shows)."""
     return alt.DateTime(year=moment.year, month=moment.month, date=moment.day, hours=moment.hour,
                         minutes=moment.minute, seconds=moment.second, milliseconds=moment.microsecond // 1000)
 
@@ -41,9 +42,9 @@ def time_format(window: Window) -> str:
     return "%H:%M:%S" if window.seconds <= 900 else "%H:%M"
 
 
-def time_x(window: Window, field: str = "time") -> alt.X:
+def time_x(window: Window, field: str = "time", **extra) -> alt.X:
     """The shared time axis: exactly the window, labels that never overlap."""
-    return alt.X(f"{field}:T", title=None,
+    return alt.X(f"{field}:T", title=None, **extra,
                  scale=alt.Scale(domain=[_datetime(window.start), _datetime(window.end)]),
                  axis=alt.Axis(format=time_format(window), labelOverlap=True, labelFlush=True, tickCount=6))
 
@@ -86,7 +87,7 @@ def _core_order(data: pd.DataFrame) -> list[str]:
 def cpu_lines(data: pd.DataFrame, window: Window) -> alt.Chart:
     """Each core's utilisation (thin) with its one-minute moving average (dashed) overlaid."""
     cores = _core_order(data)
-    return alt.Chart(data).mark_line().encode(
+    return alt.Chart(data).mark_line(strokeWidth=1.6).encode(
         x=time_x(window),
         y=alt.Y("value:Q", title="CPU %", scale=alt.Scale(domain=[0, 100])),
         color=alt.Color("core:N", title="core", sort=cores, scale=alt.Scale(scheme=CORE_COLOURS),
@@ -94,7 +95,6 @@ def cpu_lines(data: pd.DataFrame, window: Window) -> alt.Chart:
         strokeDash=alt.StrokeDash("kind:N", title="line", sort=KINDS,
                                   scale=alt.Scale(domain=KINDS, range=[[1, 0], [6, 3]]),
                                   legend=alt.Legend(orient="bottom", symbolStrokeWidth=2, labelLimit=300)),
-        strokeWidth=alt.StrokeWidth("kind:N", legend=None, scale=alt.Scale(domain=KINDS, range=[1.2, 2.5])),
         tooltip=[_tooltip_time(window), alt.Tooltip("core:N"), alt.Tooltip("kind:N", title="line"),
                  alt.Tooltip("value:Q", format=".1f", title="%")],
     ).add_params(_zoom()).properties(height=HEIGHT + 60, title="CPU utilisation per core")
@@ -113,11 +113,11 @@ def cpu_heatmap(data: pd.DataFrame, window: Window, bucket_seconds: float) -> al
     cores = _core_order(cells) if not cells.empty else []
     return alt.Chart(cells).mark_rect().encode(
         x=time_x(window),
-        x2="time_end:T",
+        x2=alt.X2("time_end"),  # each cell spans its own bucket, start to end
         y=alt.Y("core:N", title=None, sort=cores),
         color=alt.Color("value:Q", title="CPU %", scale=alt.Scale(domain=[0, 100], scheme="inferno")),
         tooltip=[_tooltip_time(window), alt.Tooltip("core:N"), alt.Tooltip("value:Q", format=".1f", title="%")],
-    ).properties(height=max(HEIGHT, 12 * len(cores)), title="CPU utilisation per core")
+    ).add_params(_zoom()).properties(height=max(HEIGHT, 16 * len(cores)), title="CPU utilisation per core")
 
 
 def memory_chart(samples: pd.DataFrame, window: Window) -> alt.Chart:
@@ -207,7 +207,7 @@ def annotated(chart: alt.Chart, events: pd.DataFrame, window: Window) -> alt.Lay
         if rows.empty:
             continue
         layer = alt.Chart(rows, mark=mark).encode(
-            x=time_x(window),
+            x=alt.X("time:T"),  # the base layer owns the scale and the axis: no second domain to conflict
             color=alt.Color("kind:N", legend=None, scale=alt.Scale(domain=list(EVENT_COLOURS),
                                                                   range=list(EVENT_COLOURS.values()))),
             tooltip=[alt.Tooltip("kind:N", title="event"), alt.Tooltip("label:N", title="what"),
@@ -222,9 +222,11 @@ def with_errors(chart: alt.Chart | alt.LayerChart, errors: pd.DataFrame, window:
     if errors.empty:
         return chart
     marks = alt.Chart(errors).mark_rule(color=EVENT_COLOURS["error"], strokeWidth=3, opacity=0.7).encode(
-        x=time_x(window),
+        x=alt.X("time:T"),
         tooltip=[_tooltip_time(window), alt.Tooltip("fault:N"), alt.Tooltip("message:N")],
     )
+    if isinstance(chart, alt.LayerChart):  # one flat layer: nested layers make Vega-Lite merge domains twice
+        return alt.layer(*chart.layer, marks).resolve_scale(color="independent")
     return alt.layer(chart, marks)
 
 

@@ -77,8 +77,10 @@ def cpu_panel(view: views.View, window: Window, cpu_view: str) -> None:
     cpu = charts.cpu_frame(view.samples, view.outputs)
     cores = cpu["core"].nunique() if not cpu.empty else 0
     heatmap = cpu_view == "heatmap" or (cpu_view == "auto" and cores > 8)
-    drawn = charts.cpu_heatmap(cpu, window, view.bucket) if heatmap else charts.cpu_lines(cpu, window)
-    st.altair_chart(charts.annotated(drawn, view.events, window), width="stretch")
+    if heatmap:  # gaps show as empty cells; rules across the cells' rows would hide them
+        st.altair_chart(charts.cpu_heatmap(cpu, window, view.bucket), width="stretch")
+    else:
+        st.altair_chart(charts.annotated(charts.cpu_lines(cpu, window), view.events, window), width="stretch")
 
 
 def host_panels(view: views.View, window: Window) -> None:
@@ -167,14 +169,16 @@ def outputs_panel(view: views.View, snapshot: Snapshot, window: Window) -> None:
 
 
 def downloads(snapshot: Snapshot) -> None:
-    """The window's samples and outputs as they were read (not averaged), CSV and Parquet."""
+    """The window's samples and outputs as they were read (not averaged), CSV and Parquet, built on click."""
     st.subheader("Export this window")
+    st.caption(f"{stamp(snapshot.window)}: {len(snapshot.samples):,} samples, {len(snapshot.outputs):,} outputs.")
     columns = st.columns(4)
     slot = 0
     for name, frame in (("samples", snapshot.samples), ("outputs", snapshot.outputs)):
         for label, (suffix, mime, encode) in export.FORMATS.items():
-            columns[slot].download_button(f"{name} ({label})", encode(frame), file_name=f"{name}.{suffix}",
-                                          mime=mime, on_click="ignore", disabled=frame.empty)
+            build = lambda encode=encode, frame=frame: encode(frame)  # noqa: E731 (runs on click)
+            columns[slot].download_button(f"{name} ({label})", build, file_name=f"{name}.{suffix}", mime=mime,
+                                          on_click="ignore", disabled=frame.empty)
             slot += 1
 
 

@@ -146,7 +146,6 @@ def draw(snapshot: data.Snapshot) -> None:
     panels.top_processes(snapshot.top)
     panels.outputs_panel(view, snapshot, snapshot.window)
     panels.health(snapshot, keys.output, starting)
-    panels.downloads(snapshot)
 
 
 def all_hosts() -> None:
@@ -179,3 +178,15 @@ def live_panels() -> None:
 
 
 live_panels()
+
+
+def export_section() -> None:
+    """Outside the live part, so a button stays the same between ticks; files are built on click."""
+    try:
+        snapshot = store.snapshot(seconds, range_end)
+    except redis.RedisError:
+        return  # the live part already says why
+    panels.downloads(snapshot)
+
+
+export_section()

@@ -65,7 +65,7 @@ def test_heatmap_cells_cover_their_own_time_bucket_and_vary_with_the_data():
     assert len(core0) == 60 and core0["value"].nunique() > 30  # not one flat colour per core
     span = pd.to_datetime(core0["time_end"]) - pd.to_datetime(core0["time"])
     assert (span == pd.Timedelta(seconds=bucket)).all()
-    assert spec["height"] == max(charts.HEIGHT, 12 * 16)
+    assert spec["height"] == max(charts.HEIGHT, 16 * 16)  # a label for every core
 
 
 def test_the_time_axis_spans_the_window_and_shows_dates_across_midnight():
