@@ -163,16 +163,16 @@ def all_hosts() -> None:
 
 @st.fragment(run_every=settings.refresh_seconds if live else None)
 def live_panels() -> None:
-    snapshot = read()
-    if snapshot is None:
-        return
     try:
+        snapshot = read()
+        if snapshot is None:
+            return
         draw(snapshot)
         if len(registry) > 1:
             all_hosts()
     except Exception as error:  # data the page cannot draw: say so, forget it, reread on the next tick
         log.exception("a tick could not be drawn")
-        st.warning(f"Skipped this tick: the data read could not be drawn ({type(error).__name__}: "
+        st.warning(f"Skipped this tick: the data read could not be used ({type(error).__name__}: "
                    f"{str(error)[:300]}). The page rereads its data on the next tick.")
         store.reset()
 
@@ -184,8 +184,8 @@ def export_section() -> None:
     """Outside the live part, so a button stays the same between ticks; files are built on click."""
     try:
         snapshot = store.snapshot(seconds, range_end)
-    except redis.RedisError:
-        return  # the live part already says why
+    except Exception:  # the live part already says why
+        return
     panels.downloads(snapshot)
 
 

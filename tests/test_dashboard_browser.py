@@ -224,13 +224,14 @@ def test_the_heatmap_varies_and_the_window_switch_changes_the_axis(seeded_app):
         page.wait_for_timeout(3000)
         page.screenshot(path=str(ARTIFACTS / "dashboard-heatmap.png"), full_page=True)
         heatmap = chart_image(page, 0)
+        window_button = lambda label: page.locator('[data-testid="stSidebar"] button').get_by_text(label, exact=True)
         width, height = heatmap.size
         row = [heatmap.getpixel((x, height // 3)) for x in range(width // 5, width * 4 // 5)]
         assert len(set(row)) > 20, "the heatmap's cells do not vary along time"
-        page.get_by_role("button", name="1 h", exact=True).click()
+        window_button("1 h").click()
         page.wait_for_timeout(2500)
         hour = chart_image(page, 1)
-        page.get_by_role("button", name="24 h", exact=True).click()
+        window_button("24 h").click()
         page.wait_for_timeout(2500)
         day = chart_image(page, 1)
         page.screenshot(path=str(ARTIFACTS / "dashboard-24h.png"), full_page=True)
