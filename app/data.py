@@ -23,16 +23,17 @@ import redis
 
 from app import entries
 from app.history import HISTORY_SECONDS, StreamHistory
-from app.timeline import Window, local_naive
+from app.timeline import Window
 from runtime import schema, status
+from runtime.schema import local_naive
 from runtime.config import RedisSettings, connect
 
 log = logging.getLogger(__name__)
 
 WINDOWS = {"1 min": 60, "5 min": 300, "15 min": 900, "1 h": 3600, "6 h": 6 * 3600, "24 h": 24 * 3600}
 EMBEDDED_OUTPUT_KEY = "metrics-output"
-# Rollup tiers, coarsest last: (suffix, seconds per bucket, longest window they serve alone).
-TIERS = (("rollup:10s", 10, 6 * 3600), ("rollup:1m", 60, HISTORY_SECONDS))
+# Rollup tiers (schema.ROLLUP_TIERS), coarsest last: (tier, longest window it serves).
+TIERS = (("10s", 6 * 3600), ("1m", HISTORY_SECONDS))
 RAW_UP_TO_SECONDS = 900  # windows up to 15 min draw every raw sample
 ERRORS_SHOWN = 200  # error records read for the outputs chart's marks
 EVENTS_KEPT = 200
@@ -135,14 +136,11 @@ def guarded(client: redis.Redis, problems: list[str], key: str, expected: str) -
             problems.append(f"`{key}`: the server refused the read ({error}); skipped.")
 
 
-def choose_tier(seconds: float) -> tuple[str, int] | None:
+def choose_tier(seconds: float) -> str | None:
     """The rollup tier a window reads first (None: raw samples)."""
     if seconds <= RAW_UP_TO_SECONDS:
         return None
-    for suffix, bucket, longest in TIERS:
-        if seconds <= longest:
-            return suffix, bucket
-    return TIERS[-1][0], TIERS[-1][1]
+    return next((tier for tier, longest in TIERS if seconds <= longest), TIERS[-1][0])
 
 
 def _error_rows(records: list, window: Window) -> pd.DataFrame:
@@ -174,7 +172,7 @@ class MetricsStore:
         """Forget everything read so far (after data that could not be drawn): the next tick rereads."""
         keys = self.keys
         self.raw = StreamHistory(keys.input_stream, entries.sample_row)
-        self.tiers = {suffix: StreamHistory(f"{keys.input}:{suffix}", entries.sample_row) for suffix, _, _ in TIERS}
+        self.tiers = {tier: StreamHistory(keys.rollup(tier), entries.sample_row) for tier, _ in TIERS}
         self.outputs = StreamHistory(keys.output_stream, _output_row) if keys.output else None
         self.polled: list[tuple[datetime, dict[str, float]]] = []  # outputs of a runtime that only SETs
         self._polled_last: str | None = None
@@ -207,13 +205,13 @@ class MetricsStore:
     def _samples(self, problems: list[str], seconds: float, need_ms: int, now_ms: int):
         tier = choose_tier(seconds)
         if tier is not None:
-            history = self.tiers[tier[0]]
+            history = self.tiers[tier]
             with guarded(self.client, problems, history.key, "stream"):
                 history.refresh(self.client, need_ms)
             if not history.frame.empty:
                 with guarded(self.client, problems, self.raw.key, "stream"):
                     self.raw.refresh(self.client, now_ms - RAW_UP_TO_SECONDS * 1000)
-                return tier[0], history.frame, history.loading
+                return f"{tier} rollup", history.frame, history.loading
         with guarded(self.client, problems, self.raw.key, "stream"):
             self.raw.refresh(self.client, need_ms)
         return "raw", self.raw.frame, self.raw.loading
@@ -263,7 +261,7 @@ class MetricsStore:
 
     def _top(self, problems: list[str]) -> dict[str, Any] | None:
         """The collector's top processes (`<input>:top`), if it writes them."""
-        key = f"{self.keys.input}:top"
+        key = self.keys.top
         with guarded(self.client, problems, key, "string"):
             raw = self.client.get(key)
             if raw:

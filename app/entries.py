@@ -15,13 +15,10 @@ from typing import Any
 
 import pandas as pd
 
-from app.timeline import local_naive
-from runtime import schema, status
+from runtime import schema
+from runtime.schema import local_naive
 
-# The extended metrics travel beside the course's sample (common contract); the collector's schema
-# commit names them in runtime/schema.py, which wins when present.
-EXTRA_FIELD = getattr(schema, "EXTRA_FIELD", "extra")
-COUNT_FIELD = getattr(schema, "ROLLUP_COUNT_FIELD", "count")
+EXTRA_FIELD, COUNT_FIELD = schema.EXTRA_FIELD, schema.COUNT_FIELD
 ENTRY_MS = "_entry_ms"  # bookkeeping column: the stream entry's server time (ms)
 INT64_MAX = 2**63 - 1
 
@@ -48,10 +45,10 @@ def _json_object(raw: Any, what: str) -> dict[str, Any]:
 
 def sample_time(text: Any) -> datetime:
     """A sample's timestamp as naive local time; aware times (`Z`, `+00:00`) are converted."""
-    moment = status.parse_instant(text) if isinstance(text, str) else None
-    if moment is None:
-        raise EntryError(f"timestamp {str(text)[:60]!r} is not a time like '2026-11-29 01:46:25.123456'")
-    return local_naive(moment)
+    try:
+        return local_naive(schema.parse_timestamp(text))
+    except schema.SampleError:
+        raise EntryError(f"timestamp {str(text)[:60]!r} is not a time like '2026-11-29 01:46:25.123456'") from None
 
 
 def _numbers(values: Mapping[str, Any]) -> dict[str, float | int]:
@@ -84,8 +81,8 @@ def sample_row(fields: Mapping[Any, Any]) -> dict[str, Any]:
     extra = _field(fields, EXTRA_FIELD)
     if extra is not None:
         try:
-            row.update({k: v for k, v in _numbers(_json_object(extra, "extra")).items() if k not in row})
-        except EntryError:
+            row.update({k: v for k, v in _numbers(schema.parse_extra(_text(extra))).items() if k not in row})
+        except (schema.SampleError, ValueError):
             pass  # the course's fields still count; only the extras of this entry are lost
     count = _field(fields, COUNT_FIELD)
     if count is not None and _text(count).isdigit():

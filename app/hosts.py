@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime
 
 import pandas as pd
@@ -11,32 +10,17 @@ import redis
 
 from runtime import schema, status
 
-HOST_ID = re.compile(r"^[A-Za-z0-9._-]{1,253}$")  # node names, as the collector accepts them
-# Suffixes of derived keys: an id equal to one would make its keys land on another's (common contract).
-RESERVED = frozenset(getattr(schema, "RESERVED_HOST_IDS", (
-    "stream", "hosts", "state", "status", "errors", "lease", "top", "rollup", "alerts", "extra")))
 PAGE_SIZE = 25
 COLUMNS = ["host", "CPU %", "memory %", "last seen", "seen s ago", "stale"]
 SORTS = {"CPU (busiest first)": ("CPU %", False), "staleness (silent longest first)": ("seen s ago", False),
          "name": ("host", True)}
 
 
-def valid_host(host: str) -> bool:
-    """A node-name id whose keys cannot land on another key (no `:`, spaces, reserved suffixes, bytes)."""
-    if not isinstance(host, str) or not HOST_ID.match(host) or host in RESERVED:
-        return False
-    try:
-        schema.Keys().for_host(host)
-    except ValueError:
-        return False
-    return True
-
-
 def registered_hosts(client: redis.Redis, keys: schema.Keys) -> tuple[dict[str, str], int]:
     """The registry's valid host ids -> last-seen text, and how many invalid ids were skipped."""
     registry = client.hgetall(keys.hosts)
-    valid = {host: seen for host, seen in registry.items() if valid_host(host)}
-    return valid, len(registry) - len(valid)
+    valid, skipped = schema.valid_host_ids(registry)
+    return {host: registry[host] for host in valid}, skipped
 
 
 def _row(host: str, seen: str, raw: str | None, now: datetime) -> dict:

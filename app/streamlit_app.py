@@ -20,6 +20,7 @@ import streamlit as st  # noqa: E402
 
 from app import data, embedded, hosts, panels, views  # noqa: E402
 from app.stores import known_hosts, metrics_store  # noqa: E402
+from runtime.config import RedisSettings  # noqa: E402
 
 log = logging.getLogger(__name__)
 STARTING_SECONDS = 30.0  # an embedded stack younger than this is "starting", not "not running"
@@ -29,17 +30,34 @@ st.set_page_config(page_title="Host metrics", page_icon="📈", layout="wide")
 settings = data.DashboardSettings.from_env(os.environ)
 
 
-@st.cache_resource(show_spinner="Starting the embedded Valkey server, collector and runtime…")
-def embedded_stack():
-    stack, redis_settings = embedded.start_embedded_stack()
-    return stack, redis_settings, time.monotonic()
+@st.cache_resource
+def ready_since(url: str) -> float:
+    """When this app process first saw the embedded stack ready (its runtime needs a few seconds more)."""
+    return time.monotonic()
+
+
+@st.fragment(run_every=1.0)
+def wait_for_stack() -> None:
+    """While the embedded stack starts, say so; rerun the page once it is ready, or show why it failed."""
+    current = embedded.ensure_started()
+    if current.state is embedded.State.READY:
+        st.rerun(scope="app")
+    elif current.state is embedded.State.FAILED:
+        st.error(f"{current.message}. Fix the cause (the log is under DATA_DIR) and reload, or set REDIS_URL "
+                 "to read a Redis of your own.")
+    else:
+        st.info(f"{current.message} This takes a few seconds.")
 
 
 if settings.embedded:
-    stack, redis_settings, stack_started = embedded_stack()
+    stack_status = embedded.ensure_started()
+    if stack_status.state is not embedded.State.READY:
+        wait_for_stack()
+        st.stop()
+    stack, redis_settings = stack_status.stack, RedisSettings(stack_status.stack.url)
+    starting = time.monotonic() - ready_since(stack.url) < STARTING_SECONDS
 else:
-    stack, redis_settings, stack_started = None, settings.redis, None
-starting = stack_started is not None and time.monotonic() - stack_started < STARTING_SECONDS
+    stack, redis_settings, starting = None, settings.redis, False
 
 base_store = metrics_store(redis_settings, settings.keys)
 registry, invalid_hosts = known_hosts(base_store, settings.keys.hosts)

@@ -13,13 +13,10 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
+from runtime.schema import local_naive
+
 GAP_FACTOR = 2.5  # more than this many typical intervals without a sample is a gap, never bridged
 MAX_POINTS = 1000  # per series: about a chart's width in pixels
-
-
-def local_naive(moment: datetime) -> datetime:
-    """An instant as the naive local time the samples use; a naive time is kept as it is."""
-    return moment.astimezone().replace(tzinfo=None) if moment.tzinfo is not None else moment
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,13 @@ from runtime import schema
 RATE_PREFIX = "rate:"  # column prefix of per-second rates computed from cumulative counters
 COUNTERS = {field: RATE_PREFIX + field for field in (*schema.NET_FIELDS, *schema.CPU_STATS_FIELDS)}
 # Extended metrics beside the course's sample (common contract); cumulative ones become rates.
-DISK_COUNTER = re.compile(r"^disk_io-(.+)-(read_bytes|write_bytes|read_count|write_count)$")
+DISK_COUNTER = re.compile(rf"^{re.escape(schema.DISK_IO_PREFIX)}(.+)-({'|'.join(schema.DISK_IO_COUNTERS)})$")
 EXTRA_GROUPS = {
     "load": re.compile(r"^load_avg-(1|5|15)$"),
-    "swap": re.compile(r"^swap_memory-(percent)$"),
-    "cpu_times": re.compile(r"^cpu_times_percent-(user|system|iowait|steal)$"),
-    "filesystems": re.compile(r"^disk_usage-(.+)-percent$"),
-    "temperatures": re.compile(r"^sensors_temperatures-(.+)$"),
+    "swap": re.compile(rf"^({re.escape(schema.SWAP_PERCENT)})$"),
+    "cpu_times": re.compile(r"^cpu_times_percent-(user|system|iowait|steal)$"),  # idle: the rest
+    "filesystems": re.compile(rf"^{re.escape(schema.DISK_USAGE_PREFIX)}(.+)-percent$"),
+    "temperatures": re.compile(rf"^{re.escape(schema.TEMPERATURE_PREFIX)}(.+)$"),
 }
 
 

@@ -16,15 +16,15 @@ import pandas as pd
 import redis
 
 from app import charts, data, hosts, views
-from app.entries import EXTRA_FIELD
+from runtime.schema import EXTRA_FIELD
 from app.history import StreamHistory
 from bench.common import median_ms, save, synthetic_samples, table, timed, valkey
 from runtime import schema
 from runtime.config import RedisSettings
+from runtime.rollup import Rollups
 
 DAY = 86_400
 WINDOWS = {"1 min": 60, "1 h": 3600, "24 h": DAY}
-TIER_SECONDS = {"rollup:10s": 10, "rollup:1m": 60}
 
 
 def extras(sample: dict, i: int) -> dict:
@@ -64,24 +64,18 @@ def fill(client: redis.Redis, samples: list[dict], keys: schema.Keys, tiers: boo
         pipe.set(keys.input, payload)
         pipe.execute()
     if tiers:
-        for suffix, seconds in TIER_SECONDS.items():
-            write_tier(client, f"{keys.input}:{suffix}", samples, seconds)
+        write_tiers(client, keys, samples)
 
 
-def write_tier(client: redis.Redis, key: str, samples: list[dict], seconds: int) -> None:
-    """Means per bucket, `timestamp` = the bucket's start, as the collector's rollups are."""
-    frame = schema.samples_to_frame(samples).astype("float64")
-    extra = pd.DataFrame([extras(s, i) for i, s in enumerate(samples)], index=frame.index)
-    grouped = frame.join(extra).resample(f"{seconds}s")
-    means, counts = grouped.mean(), grouped.size()
+def write_tiers(client: redis.Redis, keys: schema.Keys, samples: list[dict]) -> None:
+    """The tiers as the collector writes them live: its own Rollups, fed sample by sample."""
+    rollups = Rollups()
     pipe = client.pipeline(transaction=False)
-    for moment, row in means.iterrows():
-        values = row.dropna().to_dict()
-        sample = {schema.TIMESTAMP: schema.format_timestamp(moment.to_pydatetime())}
-        sample.update({k: v for k, v in values.items() if schema.field_kind(k) is not None})
-        pipe.xadd(key, {schema.SAMPLE_FIELD: json.dumps(sample), "count": str(int(counts[moment])),
-                        EXTRA_FIELD: json.dumps({k: v for k, v in values.items() if k not in sample})},
-                  id=entry_id(sample))
+    for i, sample in enumerate(samples):
+        for tier, fields in rollups.add(sample, extras(sample, i)):
+            pipe.xadd(keys.rollup(tier), fields, id=entry_id(json.loads(fields[schema.SAMPLE_FIELD])))
+        if len(pipe) >= 5000:
+            pipe.execute()
     pipe.execute()
 
 

@@ -61,7 +61,7 @@ def test_live_charts_appear_within_15_s_and_update(dashboard):
                 assert time.monotonic() - started < 15, "the app did not answer within 15 s"
                 time.sleep(0.2)
         page.goto(url)
-        page.wait_for_function("document.querySelectorAll('.vega-embed canvas, .vega-embed svg').length >= 5",
+        page.wait_for_function("document.querySelectorAll('.vega-embed').length >= 9",
                                timeout=max(1000, (15 - (time.monotonic() - started)) * 1000))
         ready_after = time.monotonic() - started
         page.wait_for_selector('[data-testid="stMetric"]:has-text("Invocations")', timeout=10_000)
@@ -75,7 +75,7 @@ def test_live_charts_appear_within_15_s_and_update(dashboard):
         assert page.locator('[data-testid="stException"]').count() == 0
         alerts = page.locator('[data-testid="stAlert"]').all_inner_texts()
         assert not any("Cannot reach" in a or "Runtime not running" in a for a in alerts), alerts
-        assert page.locator(".vega-embed").count() == 5
+        assert page.locator(".vega-embed").count() >= 9  # host, network, extras and the function's outputs
         browser.close()
     assert ready_after < 15, f"charts drew after {ready_after:.1f} s"
 
@@ -112,7 +112,7 @@ def test_the_host_picker_lists_three_hosts(valkey, client, tmp_path, processes):
                 time.sleep(0.2)
         page.goto(f"http://127.0.0.1:{port}")
         page.wait_for_selector('[data-testid="stSelectbox"]', timeout=30_000)
-        page.wait_for_function("document.querySelectorAll('.vega-embed canvas, .vega-embed svg').length >= 4",
+        page.wait_for_function("document.querySelectorAll('.vega-embed').length >= 4",
                                timeout=30_000)
         page.locator('[data-testid="stSelectbox"]').click()
         options = page.locator('[role="option"]').all_inner_texts()
