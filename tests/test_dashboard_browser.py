@@ -197,7 +197,8 @@ def vega_warnings(console):
 def chart_image(page, index=0):
     from PIL import Image
 
-    return Image.open(io.BytesIO(page.locator(".vega-embed").nth(index).screenshot())).convert("RGB")
+    box = page.locator(".vega-embed").nth(index).bounding_box()  # the page, cropped: charts redraw every tick
+    return Image.open(io.BytesIO(page.screenshot(clip=box))).convert("RGB")
 
 
 @pytest.mark.parametrize("width", [1400, 800])
@@ -239,7 +240,7 @@ def test_the_heatmap_varies_and_the_window_switch_changes_the_axis(seeded_app):
         assert axis(hour) != axis(day), "choosing 24 h did not change the time axis"
 
 
-def test_the_export_files_parse_back_to_the_window(seeded_app):
+def test_the_export_files_parse_back_to_the_window(seeded_app, tmp_path):
     import pandas as pd
 
     url, samples = seeded_app
@@ -248,7 +249,8 @@ def test_the_export_files_parse_back_to_the_window(seeded_app):
         for label in ("samples (CSV)", "samples (Parquet)", "outputs (CSV)"):
             with page.expect_download() as download:
                 page.get_by_role("button", name=label).click()
-            files[label] = download.value.path()
+            files[label] = tmp_path / download.value.suggested_filename
+            download.value.save_as(files[label])
     csv = pd.read_csv(files["samples (CSV)"], index_col="time", parse_dates=True)
     parquet = pd.read_parquet(files["samples (Parquet)"])
     outputs = pd.read_csv(files["outputs (CSV)"], index_col="time", parse_dates=True)
