@@ -12,7 +12,7 @@ from app.data import Snapshot
 from app.timeline import Window
 from runtime import schema, status
 
-KPI_LIMIT = 4  # metrics per row: at 800 px with the sidebar open each still fits its value
+CHART_WIDTH = 460  # px: two side by side from ~1,000 px of page, one per row below, never squeezed
 
 
 def stamp(window: Window) -> str:
@@ -32,12 +32,13 @@ def kpi(column, label: str, series: pd.Series | None, fmt: str, unit: str, point
     """A latest value with its change; for CPU and memory a rise is bad (red), in percentage points."""
     current, previous = _pair(series)
     if current is None:
-        column.metric(label, "–")
+        column.metric(label, "–", width="content")
         return
     delta = None
     if previous is not None and f"{abs(current - previous):{fmt}}".strip("0.,") != "":
         delta = f"{current - previous:+{fmt}}{' pp' if points else unit}"
-    column.metric(label, f"{current:{fmt}}{unit}", delta, delta_color="inverse" if points else "off")
+    column.metric(label, f"{current:{fmt}}{unit}", delta, delta_color="inverse" if points else "off",
+                  width="content")
 
 
 def kpis(snapshot: Snapshot, view: views.View) -> None:
@@ -56,9 +57,9 @@ def kpis(snapshot: Snapshot, view: views.View) -> None:
         entries.append(("Load (1 min)", latest.get("load_avg-1"), ".2f", "", False))
     if "swap_memory-percent" in latest:
         entries.append(("Swap used", latest.get("swap_memory-percent"), ".1f", " %", True))
-    for start in range(0, len(entries), KPI_LIMIT):
-        for column, entry in zip(st.columns(KPI_LIMIT), entries[start:start + KPI_LIMIT]):
-            kpi(column, *entry)
+    row = st.container(horizontal=True, wrap=True, gap="medium")  # wraps in narrow windows, never cuts a value
+    for entry in entries:
+        kpi(row, *entry)
 
 
 def _scaled(series: pd.Series | None) -> pd.Series | None:
@@ -67,10 +68,6 @@ def _scaled(series: pd.Series | None) -> pd.Series | None:
 
 def _ghz(series: pd.Series | None) -> pd.Series | None:
     return None if series is None else series / 1000
-
-
-def chart(target, builder: Callable[[], object]) -> None:
-    target.altair_chart(builder(), width="stretch")
 
 
 def cpu_panel(view: views.View, window: Window, cpu_view: str) -> None:
@@ -107,9 +104,10 @@ def host_panels(view: views.View, window: Window) -> None:
 
 
 def _grid(builders: list[Callable[[], object]]) -> None:
-    for start in range(0, len(builders), 2):
-        for column, builder in zip(st.columns(2), builders[start:start + 2]):
-            chart(column, builder)
+    """Charts of one width that wrap: two per row on a wide page, one per row on a narrow one."""
+    row = st.container(horizontal=True, wrap=True, gap="large")
+    for builder in builders:
+        row.altair_chart(builder(), width=CHART_WIDTH)
 
 
 def extra_panels(snapshot: Snapshot, view: views.View, window: Window) -> None:
@@ -218,13 +216,13 @@ def _health_metrics(current: status.Status) -> None:
         st.warning(f"Runtime not running or stuck: last heartbeat {_age(current.heartbeat, now)}.")
     if current.problem:
         st.warning(f"Runtime problem: {current.problem}")
-    columns = st.columns(5)
-    columns[0].metric("Last execution", _age(current.last_execution, now),
-                      help=str(current.last_execution or "never"))
-    columns[1].metric("Lag", "–" if current.lag_seconds is None else f"{current.lag_seconds * 1000:,.0f} ms")
-    columns[2].metric("Invocations", f"{current.invocations:,}")
-    columns[3].metric("Errors", f"{current.errors:,}")
-    columns[4].metric("State", current.state or "?", help=f"mode: {current.mode or '?'}")
+    row = st.container(horizontal=True, wrap=True, gap="large")
+    row.metric("Last execution", _age(current.last_execution, now), help=str(current.last_execution or "never"),
+               width="content")
+    row.metric("Lag", "–" if current.lag_seconds is None else f"{current.lag_seconds * 1000:,.0f} ms", width="content")
+    row.metric("Invocations", f"{current.invocations:,}", width="content")
+    row.metric("Errors", f"{current.errors:,}", width="content")
+    row.metric("State", current.state or "?", help=f"mode: {current.mode or '?'}", width="content")
     st.caption(f"Function version: {current.function_version or 'unknown'}")
     if current.env_durable is False:
         st.warning(f"context.env is not durable (kept in memory only, lost on restart): {current.env_error}")

@@ -209,9 +209,13 @@ def test_screenshots_with_nothing_cut_and_no_vega_warnings(seeded_app, width, sc
         page.screenshot(path=str(ARTIFACTS / f"dashboard-{width}-{scheme}.png"), full_page=True)
         assert page.locator('[data-testid="stException"]').count() == 0
         assert not vega_warnings(console), vega_warnings(console)
-        cut = page.evaluate("""[...document.querySelectorAll('[data-testid="stMetricValue"]')]
+        cut = page.evaluate("""[...document.querySelectorAll(
+                '[data-testid="stMetricValue"], [data-testid="stMetricValue"] *, [data-testid="stMetricLabel"] *')]
             .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)""")
         assert not cut, f"KPI values cut at {width} px: {cut}"
+        outside = page.evaluate("""[...document.querySelectorAll('.vega-embed')]
+            .filter(e => e.getBoundingClientRect().right > window.innerWidth).length""")
+        assert not outside, f"{outside} charts reach past the window's right edge at {width} px"
         text = page.locator("body").inner_text()
         assert "are stamped after" not in text and "Traceback" not in text
         assert "Top processes" in text and "More from the host" in text
