@@ -93,24 +93,11 @@ def test_the_host_picker_lists_three_hosts(valkey, client, tmp_path, processes):
         publisher = Publisher(connect(RedisSettings(valkey.connection_url), "test"), schema.Keys(), 3600, 100, host)
         for sample in make_samples(20, start=datetime.now() - timedelta(seconds=20)):
             publisher.publish(sample)
-    port = free_port()
-    env = {**os.environ, "REDIS_URL": valkey.connection_url, "REDIS_OUTPUT_KEY": "out"}
-    processes.append(subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app", "--server.headless", "true", "--server.port", str(port)],
-        cwd=REPO_DIR, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "streamlit.log", "w")))
-    ARTIFACTS.mkdir(exist_ok=True)
+    url = start_configured_app(valkey, tmp_path, processes)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1700})
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the app did not answer within 30 s"
-                time.sleep(0.2)
-        page.goto(f"http://127.0.0.1:{port}")
+        page.goto(url)
         page.wait_for_selector('[data-testid="stSelectbox"]', timeout=30_000)
         page.wait_for_function("document.querySelectorAll('.vega-embed').length >= 4",
                                timeout=30_000)
@@ -150,9 +137,8 @@ def seed(client, cores=4):
     return samples
 
 
-@pytest.fixture
-def seeded_app(valkey, client, tmp_path, processes):
-    samples = seed(client)
+def start_configured_app(valkey, tmp_path, processes) -> str:
+    """`streamlit run app` reading the test's Valkey (output key `out`); its URL once it answers."""
     port = free_port()
     env = {**os.environ, "REDIS_URL": valkey.connection_url, "REDIS_OUTPUT_KEY": "out", "DASHBOARD_REFRESH": "2"}
     processes.append(subprocess.Popen(
@@ -168,7 +154,13 @@ def seeded_app(valkey, client, tmp_path, processes):
             assert time.monotonic() < deadline, "the app did not answer within 30 s"
             time.sleep(0.2)
     ARTIFACTS.mkdir(exist_ok=True)
-    return url, samples
+    return url
+
+
+@pytest.fixture
+def seeded_app(valkey, client, tmp_path, processes):
+    samples = seed(client)
+    return start_configured_app(valkey, tmp_path, processes), samples
 
 
 @contextmanager
