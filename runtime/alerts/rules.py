@@ -21,6 +21,7 @@ import fnmatch
 import math
 import operator
 import re
+import reprlib
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -158,7 +159,7 @@ def parse_rule(entry: Any) -> Rule:
         raise RuleError(f"a rule is a mapping of settings ({', '.join(SETTINGS)}), got {_kind(entry)}")
     unknown = [str(key) for key in entry if key not in SETTINGS]
     if unknown:
-        raise RuleError(f"unknown setting {unknown[0]!r}{_did_you_mean(unknown[0], SETTINGS)}; "
+        raise RuleError(f"unknown setting {_shown(unknown[0])}{_did_you_mean(unknown[0], SETTINGS)}; "
                         f"settings are {', '.join(SETTINGS)}")
     name = _required_text(entry, "name", NAME, "letters, digits, '-', '_' or '.', at most 128")
     source = _choice(entry, "source", SOURCES, "sample")
@@ -187,16 +188,16 @@ def parse_duration(text: Any) -> float:
     elif isinstance(text, str) and text.strip() and DURATION_PART.sub("", text.strip()) == "":
         seconds = sum(float(n) * UNIT_SECONDS[unit] for n, unit in DURATION_PART.findall(text.strip()))
     else:
-        raise RuleError(f"'for: {text}' is not a duration; write seconds (90) or e.g. 30s, 2m, 1h30m")
+        raise RuleError(f"'for: {_shown(text)}' is not a duration; write seconds (90) or e.g. 30s, 2m, 1h30m")
     if not 0 <= seconds <= MAX_FOR_SECONDS:
-        raise RuleError(f"'for: {text}' must be between 0 and 7 days")
+        raise RuleError(f"'for: {_shown(text)}' must be between 0 and 7 days")
     return seconds
 
 
 def _threshold(entry: Mapping[str, Any]) -> float:
     value = entry.get("threshold")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise RuleError(f"'threshold' must be a finite number, got {value!r}")
+        raise RuleError(f"'threshold' must be a finite number, got {_shown(value)}")
     return float(value)
 
 
@@ -205,10 +206,10 @@ def _hosts(value: Any) -> tuple[str, ...]:
         return ()
     patterns = [value] if isinstance(value, str) else value
     if not isinstance(patterns, list) or not patterns or not all(isinstance(p, str) for p in patterns):
-        raise RuleError(f"'hosts' must be 'all', a host id or pattern, or a list of them, got {value!r}")
+        raise RuleError(f"'hosts' must be 'all', a host id or pattern, or a list of them, got {_shown(value)}")
     for pattern in patterns:
         if not HOST_PATTERN.match(pattern):
-            raise RuleError(f"'hosts' entry {pattern!r} is not a host id or pattern "
+            raise RuleError(f"'hosts' entry {_shown(pattern)} is not a host id or pattern "
                             "(letters, digits, '-', '.', '_', and * ? [ ])")
     return tuple(patterns)
 
@@ -237,7 +238,7 @@ def _summary(value: Any) -> str:
 def _required_text(entry: Mapping[str, Any], key: str, pattern: re.Pattern, what: str) -> str:
     value = entry.get(key)
     if not isinstance(value, str) or not pattern.match(value):
-        raise RuleError(f"'{key}' must be {what}, got {value!r}")
+        raise RuleError(f"'{key}' must be {what}, got {_shown(value)}")
     return value
 
 
@@ -247,7 +248,7 @@ def _choice(entry: Mapping[str, Any], key: str, choices: tuple[str, ...], defaul
         return default
     value = entry.get(key)
     if value not in choices:
-        raise RuleError(f"'{key}' must be one of {', '.join(choices)}, got {value!r}"
+        raise RuleError(f"'{key}' must be one of {', '.join(choices)}, got {_shown(value)}"
                         + (_did_you_mean(value, choices) if isinstance(value, str) else ""))
     return value
 
@@ -260,6 +261,15 @@ def _did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
 def _label(entry: Any, index: int) -> str:
     name = entry.get("name") if isinstance(entry, Mapping) else None
     return name if isinstance(name, str) and NAME.match(name) else f"rule #{index}"
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 60, 60
+
+
+def _shown(value: Any) -> str:
+    """A bounded repr: a value in a message may be a file's worth of aliases (a billion laughs)."""
+    return _SHORT.repr(value)
 
 
 def _kind(value: Any) -> str:
