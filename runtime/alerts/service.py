@@ -150,16 +150,16 @@ class Evaluator:
         return cursor
 
     def _first_cursor(self, host: HostKeys) -> HostCursor:
-        """A host never read before: from its first entries (START_FROM=earliest) or its newest."""
-        if self.config.start_from_earliest:
-            return HostCursor("0-0", "0-0")
+        """A host never read before: from its first entries (START_FROM=earliest) or its newest; no
+        input stream yet: polling its plain key."""
         newest = sources.newest_id(self.client, host.keys.input_stream)
+        if self.config.start_from_earliest or newest is None:
+            return HostCursor("0-0" if newest else None, "0-0")
         output = sources.newest_id(self.client, host.output_stream) if host.output_stream else None
-        return HostCursor(newest or "0-0", output or "0-0",
-                          schema.stream_id_millis(newest) if newest else None)
+        return HostCursor(newest, output or "0-0", schema.stream_id_millis(newest))
 
     def _read(self, batch: Batch) -> None:
-        """One XREAD over every followed stream; blocks up to BLOCK_SECONDS when nothing is new."""
+        """One XREAD over every followed stream; blocks a while (well within the lease) when nothing is new."""
         streams: dict[str, str] = {}
         owners: dict[str, tuple[HostKeys, str]] = {}
         wants_output = any(r.source == "output" for r in self.watcher.rules)
@@ -171,10 +171,11 @@ class Evaluator:
             if wants_output and host.output_stream:
                 streams[host.output_stream] = cursor.output or "0-0"
                 owners[host.output_stream] = (host, "output")
+        wait = min(BLOCK_SECONDS, self.config.lease_seconds / 3)  # the lease is renewed between reads
         if not streams:
-            self.stop.wait(BLOCK_SECONDS)
+            self.stop.wait(wait)
             return
-        block = None if batch else int(BLOCK_SECONDS * 1000)
+        block = None if batch else int(wait * 1000)
         for stream, entries in self.client.xread(streams, count=READ_COUNT, block=block) or ():
             host, kind = owners[stream]
             for entry_id, fields in entries:
@@ -301,7 +302,7 @@ class Evaluator:
 
     def _report(self) -> None:
         """The evaluator's status, for the page: rules, their problems, what fires; every HEARTBEAT_SECONDS."""
-        if time.monotonic() - self._reported < HEARTBEAT_SECONDS:
+        if self.checkpoint is None or time.monotonic() - self._reported < HEARTBEAT_SECONDS:
             return
         self._reported = time.monotonic()
         problems = self.problems()
