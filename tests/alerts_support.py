@@ -78,6 +78,7 @@ class Receiver:
     def __init__(self, script: list[tuple[int, float]] | None = None, port: int = 0) -> None:
         self.script = list(script or [])
         self.bodies: list[dict] = []  # every POST that was answered 2xx
+        self.authorizations: list[str | None] = []
         self.attempts = 0
         self.lock = threading.Lock()
         receiver = self
@@ -87,6 +88,7 @@ class Receiver:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with receiver.lock:
                     receiver.attempts += 1
+                    receiver.authorizations.append(self.headers.get("Authorization"))
                     code, delay = receiver.script.pop(0) if receiver.script else (200, 0.0)
                 time.sleep(delay)
                 if 200 <= code < 300:

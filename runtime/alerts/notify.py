@@ -9,6 +9,7 @@ apart by `fingerprint` and `startsAt`.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -18,6 +19,7 @@ import urllib.request
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis
 
@@ -74,8 +76,13 @@ def delivery_field(url: str) -> str:
 
 def post(url: str, body: dict[str, Any], timeout: float) -> None:
     """POST the body as JSON; raises PermanentFailure, or OSError for what is worth retrying."""
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", "User-Agent": "host-metrics-alerts"})
+    headers = {"Content-Type": "application/json", "User-Agent": "host-metrics-alerts"}
+    parts = urlsplit(url)
+    if parts.username is not None:  # urllib does not send URL credentials itself: basic auth, as Alertmanager's
+        login = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(login.encode()).decode()
+        url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as reply:
             reply.read(64 * 1024)
@@ -97,6 +104,7 @@ class Receiver(threading.Thread):
         self.wake = threading.Event()
         self.on_result = on_result or (lambda url, ok: None)
         self.failing_since: str | None = None
+        self.state: dict[str, str] = {}  # this receiver's field in the evaluator's status
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -152,13 +160,14 @@ class Receiver(threading.Thread):
             if self.failing_since is None:
                 return
             self.failing_since = None
-            state = {"state": "ok", "since": now_text()}
+            self.state.update(state="ok", since=now_text())
         else:
             log.warning("webhook_failed url=%s transition=%s error=%s", self.shown, entry_id, problem)
             self.failing_since = self.failing_since or now_text()
-            state = {"state": "failing", "since": self.failing_since, "transition": entry_id, "error": problem}
+            self.state.update(state="failing", since=self.failing_since, last_error=problem,
+                              last_error_at=now_text(), last_error_transition=entry_id)
         try:
-            self.client.hset(self.keys.status, WEBHOOK_FIELD.format(url=self.shown), json.dumps(state))
+            self.client.hset(self.keys.status, WEBHOOK_FIELD.format(url=self.shown), json.dumps(self.state))
         except redis.RedisError as error:
             log.warning("status_not_written error=%s", error)
 
