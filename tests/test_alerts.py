@@ -7,7 +7,6 @@ import urllib.request
 
 import pytest
 
-from runtime import schema
 from runtime.alerts.evaluate import AlertState, step
 from runtime.alerts.rules import load_rules
 from tests.alerts_support import (KEYS, add_sample, alerts_env, cursor_of, running_evaluator, status_of,

@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from runtime import schema
-from runtime.config import DEFAULT_LEASE_SECONDS, ConfigError, RedisSettings, _http_port, _number
+from runtime.config import DEFAULT_LEASE_SECONDS, ConfigError, RedisSettings, RuntimeConfig, _number
 
 DEFAULT_RULES_FILE = "alerts.yaml"
 DEFAULT_GRACE_SECONDS = 120.0  # a rule whose value has not appeared by then is reported
@@ -55,22 +55,20 @@ class AlertsConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AlertsConfig:
+        """The runtime's variables, read as the runtime reads them, plus the evaluator's own."""
         env = os.environ if env is None else env
-        start_from = env.get("START_FROM", "latest").strip().lower()
-        if start_from not in ("latest", "earliest"):
-            raise ConfigError(f"START_FROM={start_from!r} must be 'latest' or 'earliest'")
+        runtime = RuntimeConfig.from_env(env)
         return cls(
-            redis=RedisSettings.from_env(env),
-            keys=schema.Keys(input=env.get("REDIS_INPUT_KEY", "").strip() or "metrics",
-                             output=env.get("REDIS_OUTPUT_KEY", "").strip() or None),
+            redis=runtime.redis,
+            keys=runtime.keys,
             rules_path=Path(env.get("ALERTS_FILE", "").strip() or DEFAULT_RULES_FILE),
             webhooks=webhook_urls(env.get("ALERT_WEBHOOKS", "")),
-            http_port=_http_port(env),
-            lease_seconds=_number(env, "LEASE_SECONDS", DEFAULT_LEASE_SECONDS, 1),
+            http_port=runtime.http_port,
+            lease_seconds=runtime.lease_seconds,
             grace_seconds=_number(env, "ALERTS_GRACE_SECONDS", DEFAULT_GRACE_SECONDS, 0),
             webhook_timeout=_number(env, "ALERT_WEBHOOK_TIMEOUT", DEFAULT_WEBHOOK_TIMEOUT, 0.1),
             external_url=env.get("ALERTS_EXTERNAL_URL", "").strip(),
-            start_from_earliest=start_from == "earliest",
+            start_from_earliest=runtime.start_from_earliest,
         )
 
 

@@ -58,6 +58,7 @@ class Evaluator:
         self.receivers: list[Receiver] | None = None
         self._retired: dict[str, Rule] = {}  # rules of the previous file, to end their alerts
         self._hosts_read = self._timer_ran = self._reported = 0.0
+        self._logged: set[tuple[str, str]] = set()  # problems already logged
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -307,6 +308,10 @@ class Evaluator:
         self._reported = time.monotonic()
         problems = self.problems()
         self.metrics.problems.set(len(problems))
+        for problem in problems:
+            if (problem["rule"], problem["message"]) not in self._logged:
+                log.error("rule_problem rule=%s %s", problem["rule"], problem["message"])
+        self._logged = {(p["rule"], p["message"]) for p in problems}
         phases = [s.phase for s in self.checkpoint.states.values()]
         self.client.hset(self.keys.status, mapping={
             "state": "running", "pid": str(os.getpid()), "heartbeat": now_text(),

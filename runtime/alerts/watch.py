@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from runtime.alerts.rules import Problem, Rule, RuleError, RuleSet, load_rules
+from runtime.alerts.rules import Problem, Rule, RuleError, load_rules
 
 log = logging.getLogger(__name__)
 
