@@ -251,3 +251,25 @@ def test_a_malformed_stored_state_starts_that_alert_inactive(client, redis_url, 
     with running_evaluator(alerts_env(redis_url, rules)):
         wait_for(lambda: transitions(client) == [("mem", "", "firing", 1000)], what="firing from inactive")
     assert json.loads(client.hget(KEYS.states, "mem@"))["phase"] == "firing"
+
+
+def test_catching_up_a_backlog_is_not_a_dead_collector(client, redis_url, tmp_path):
+    """Seconds since the last sample count from the newest sample published, not from how far the
+    evaluator has read: after a restart it may have hours of samples to catch up."""
+    rules = write_rules(tmp_path, """
+rules:
+  - {name: collector-down, source: runtime, value: seconds_since_sample, op: ">", threshold: 60}
+  - {name: mem, value: virtual_memory-percent, op: ">", threshold: 50}
+""")
+    seconds, _ = client.time()
+    count, step_ms = 30_000, 100  # 50 minutes of samples, the newest one now
+    first_ms = seconds * 1000 - count * step_ms
+    pipe = client.pipeline(transaction=False)
+    for i in range(count):
+        pipe.xadd("metrics:stream", {"sample": json.dumps({"timestamp": "t", "virtual_memory-percent": 10})},
+                  id=f"{first_ms + i * step_ms}-0")
+    pipe.execute()
+    with running_evaluator(alerts_env(redis_url, rules)):
+        last = f"{first_ms + (count - 1) * step_ms}-0"
+        wait_for(lambda: cursor_of(client).get("input") == last, timeout=120, what="the backlog read")
+    assert transitions(client) == []

@@ -218,12 +218,11 @@ class Evaluator:
             return
         self._timer_ran = time.monotonic()
         now_ms = sources.server_ms(self.client)
-        needs_status = any(r.value != "seconds_since_sample" for r in rules)
-        figures = sources.runtime_figures(self.client, self.hosts, now_ms) if needs_status else {}
+        figures = sources.runtime_figures(self.client, self.hosts, now_ms)
         for host in self.hosts:
-            found = dict(figures.get(host.host, {}))
+            found = figures.get(host.host, {})
             last = self._cursor(batch, host).last_sample_ms
-            if last is not None:
+            if "seconds_since_sample" not in found and last is not None:  # polled: when its value last changed
                 found["seconds_since_sample"] = max(now_ms - last, 0) / 1000
             self._evaluate(batch, host.host, {"runtime": found}, now_ms)
 

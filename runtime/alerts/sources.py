@@ -62,21 +62,28 @@ def poll_cursor(raw: str) -> str:
 
 
 def runtime_figures(client: redis.Redis, hosts: Iterable[HostKeys], now_ms: int) -> dict[str, dict[str, float]]:
-    """Per host: the runtime's lag (from its status hash) and errors in the last minute."""
-    hosts = [h for h in hosts if h.keys.output]
+    """Per host: seconds since its newest sample (the stream's, not how far the evaluator has read: a
+    backlog being caught up is no dead collector), the runtime's lag (status hash), errors in a minute."""
+    hosts = list(hosts)
     pipe = client.pipeline(transaction=False)
     for host in hosts:
-        pipe.hgetall(host.keys.status)
-        pipe.xrange(host.keys.errors, min=str(now_ms - ERRORS_WINDOW_MS), count=10_000)
-    replies = pipe.execute(raise_on_error=False) if hosts else []
+        pipe.xrevrange(host.keys.input_stream, count=1)
+        if host.keys.output:
+            pipe.hgetall(host.keys.status)
+            pipe.xrange(host.keys.errors, min=str(now_ms - ERRORS_WINDOW_MS), count=10_000)
+    replies = iter(pipe.execute(raise_on_error=False) if hosts else [])
     figures = {}
-    for index, host in enumerate(hosts):
-        status, errors = replies[2 * index], replies[2 * index + 1]
+    for host in hosts:
         found: dict[str, float] = {}
-        if isinstance(status, dict) and status:
-            lag = Status.from_hash(status).lag_seconds
-            if lag is not None:
-                found["lag_seconds"] = lag
-            found["errors_per_minute"] = float(len(errors)) if isinstance(errors, list) else 0.0
+        newest = next(replies)
+        if isinstance(newest, list) and newest:
+            found["seconds_since_sample"] = max(now_ms - schema.stream_id_millis(newest[0][0]), 0) / 1000
+        if host.keys.output:
+            status, errors = next(replies), next(replies)
+            if isinstance(status, dict) and status:
+                lag = Status.from_hash(status).lag_seconds
+                if lag is not None:
+                    found["lag_seconds"] = lag
+                found["errors_per_minute"] = float(len(errors)) if isinstance(errors, list) else 0.0
         figures[host.host] = found
     return figures
