@@ -191,7 +191,7 @@ def expected_transitions(rules_path, samples):
     return seen
 
 
-def test_kill_9_of_the_evaluator_loses_and_repeats_no_transition(client, redis_url, tmp_path, processes):
+def test_kill_9_of_the_active_evaluator_loses_and_repeats_no_transition(client, redis_url, tmp_path, processes):
     rules = write_rules(tmp_path, """
 rules:
   - {name: mem, value: virtual_memory-percent, op: ">", threshold: 50, for: 3s}
@@ -204,11 +204,12 @@ rules:
         pipe.xadd("metrics:stream", {"sample": json.dumps({"timestamp": "t", **sample})}, id=f"{at_ms}-0")
     pipe.execute()
     env = alerts_env(redis_url, rules, LOG_LEVEL="WARNING")
-    processes.append(spawn("runtime.alerts", env))
+    processes.extend([spawn("runtime.alerts", env), spawn("runtime.alerts", env)])  # an active one, a standby
     for point in (1000, 3000, 5000):
         wait_for(lambda: client.xlen(KEYS.transitions) >= point, timeout=120, what=f"{point} transitions")
-        processes[-1].send_signal(signal.SIGKILL)
-        processes[-1].wait(10)
+        active = int(client.get(KEYS.lease).split(":")[1])  # the holder is host:pid:token
+        os.kill(active, signal.SIGKILL)
+        next(p for p in processes if p.pid == active).wait(10)
         processes.append(spawn("runtime.alerts", env))
     last = f"{samples[-1][0]}-0"
     wait_for(lambda: cursor_of(client).get("input") == last, timeout=300, what="every sample evaluated")
