@@ -11,7 +11,7 @@ from runtime.alerts.evaluate import AlertState, step
 from runtime.alerts.rules import load_rules
 from tests.alerts_support import (KEYS, add_sample, alerts_env, cursor_of, running_evaluator, status_of,
                                   transitions, write_rules)
-from tests.conftest import free_port, spawn, wait_for
+from tests.conftest import REPO_DIR, free_port, runtime_env, spawn, wait_for
 
 MEMORY_RULES = """
 rules:
@@ -274,3 +274,23 @@ rules:
         last = f"{first_ms + (count - 1) * step_ms}-0"
         wait_for(lambda: cursor_of(client).get("input") == last, timeout=120, what="the backlog read")
     assert transitions(client) == []
+
+
+def test_with_the_real_collector_and_runtime_every_kind_of_value_fires(client, redis_url, tmp_path, processes):
+    rules = write_rules(tmp_path, """
+rules:
+  - {name: memory-used, value: virtual_memory-percent, op: ">", threshold: 0}
+  - {name: cpu-any, value: cpu_percent-*, aggregate: max, op: ">=", threshold: 0}
+  - {name: cache, source: output, value: percent-memory-cache, op: ">=", threshold: 0}
+  - {name: lag, source: runtime, value: lag_seconds, op: ">=", threshold: 0}
+  - {name: collector-down, source: runtime, value: seconds_since_sample, op: ">", threshold: 3}
+""")
+    env = runtime_env(redis_url, REPO_DIR / "usermodule.py", INTERVAL="0.5", START_FROM="latest")
+    processes.append(spawn("runtime.collector", env))
+    processes.append(spawn("runtime", env))
+    processes.append(spawn("runtime.alerts", alerts_env(redis_url, rules, REDIS_OUTPUT_KEY="out", START_FROM="latest")))
+    fired = lambda: {t[0] for t in transitions(client) if t[2] == "firing"}  # noqa: E731
+    wait_for(lambda: fired() == {"memory-used", "cpu-any", "cache", "lag"}, timeout=60, what="four rules firing")
+    processes[0].send_signal(signal.SIGTERM)  # the collector stops
+    assert processes[0].wait(15) == 0
+    wait_for(lambda: "collector-down" in fired(), timeout=30, what="collector-down firing")
