@@ -19,6 +19,7 @@ import pandas as pd
 import redis
 
 from runtime import schema
+from runtime import status as status_times
 from runtime.config import RedisSettings, connect
 
 HISTORY_SECONDS = 24 * 3600
@@ -152,10 +153,8 @@ class Snapshot:
         beat = self.status.get("heartbeat")
         if not beat:
             return True
-        try:
-            return (datetime.now() - datetime.fromisoformat(beat)).total_seconds() > STALE_AFTER_SECONDS
-        except ValueError:
-            return True
+        age = status_times.seconds_since(status_times.parse_instant(beat))  # the runtime writes zoned instants
+        return age is None or age > STALE_AFTER_SECONDS
 
 
 @dataclass

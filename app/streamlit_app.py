@@ -18,6 +18,7 @@ import streamlit as st  # noqa: E402
 
 from app import charts, data, embedded  # noqa: E402
 from runtime import schema  # noqa: E402
+from runtime import status as status_times  # noqa: E402
 
 st.set_page_config(page_title="Host metrics", page_icon="📈", layout="wide")
 
@@ -105,7 +106,8 @@ def health(snapshot: data.Snapshot) -> None:
     last_execution = status.get("last_execution", "")
     age = ""
     if last_execution:
-        age = f"{(datetime.now() - datetime.fromisoformat(last_execution)).total_seconds():.0f} s ago"
+        seconds = status_times.seconds_since(status_times.parse_instant(last_execution))  # a zoned instant
+        age = f"{seconds:.0f} s ago" if seconds is not None else ""
     columns[0].metric("Last execution", age or "never", help=last_execution)
     columns[1].metric("Lag", f"{float(status.get('lag_seconds', 'nan')) * 1000:.0f} ms"
                       if status.get("lag_seconds") else "–")

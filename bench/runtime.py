@@ -3,6 +3,7 @@
     python -m bench.runtime              # both
     python -m bench.runtime freshness    # sample published -> output visible, at 1 and 10 samples/s
     python -m bench.runtime throughput   # sustained invocations/s on a burst; duplicates and misses
+    python -m bench.runtime idle         # CPU at one sample per 5 s, ours beside the baseline
 
 Freshness runs three consumers on the same samples at once: our runtime on the stream, our runtime
 polling the plain key (INTERVAL=5), and the baseline that behaves like the reference (GET every 5 s,
@@ -20,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import redis
 
 from bench.common import save, synthetic_samples, table, valkey
@@ -156,33 +158,45 @@ def throughput() -> dict:
                 path = Path(tmp, "trivial.py")
                 path.write_text(source)
             samples = [schema.encode_sample(s) for s in synthetic_samples(count, cpus=cpus)]
-            for isolation, timeout in (("worker (HANDLER_TIMEOUT=30)", "30"), ("in-process (HANDLER_TIMEOUT=0)", "0")):
-                client.flushall()
-                ids = burst(client, samples)
-                process = spawn("runtime", {"REDIS_URL": server.connection_url, "REDIS_OUTPUT_KEY": "t",
-                                            "FUNCTION_PATH": str(path), "START_FROM": "earliest",
-                                            "HANDLER_TIMEOUT": timeout})
-                try:
-                    deadline = time.monotonic() + 240
-                    while int(client.hget("t:status", "invocations") or 0) < count and time.monotonic() < deadline:
-                        time.sleep(0.05)
-                finally:
-                    process.terminate()
-                    process.wait(10)
-                entries = client.xrange("t:stream")
-                handled = [fields[schema.SAMPLE_ID_FIELD] for _, fields in entries]
-                span = (schema.stream_id_millis(entries[-1][0]) - schema.stream_id_millis(entries[0][0])) / 1000
-                rate = (len(entries) - 1) / span if span > 0 else float("inf")
-                missed = len(set(ids) - set(handled))
-                duplicates = len(handled) - len(set(handled))
-                results[f"{label} / {isolation}"] = {"samples": count, "per_second": rate, "missed": missed,
-                                                     "duplicates": duplicates, "in_order": handled == ids}
-                rows.append([label, isolation, f"{count:,}", f"{rate:,.0f}", f"{rate / 0.2:,.0f}x", missed,
-                             duplicates, handled == ids])
+            rates = {}
+            for isolation, timeout in ISOLATIONS:
+                result = burst_run(client, server.connection_url, path, samples, timeout)
+                rates[isolation] = result["per_second"]
+                results[f"{label} / {isolation}"] = result
+                rows.append([label, isolation, f"{count:,}", f"{result['per_second']:,.0f}",
+                             f"{result['per_second'] / 0.2:,.0f}x", result["missed"], result["duplicates"],
+                             result["in_order"]])
+            ratio = rates[ISOLATIONS[0][0]] / rates[ISOLATIONS[1][0]]
+            results[f"{label} / worker vs in-process"] = {"ratio": ratio}
+            rows.append([label, "worker / in-process", "", f"{ratio:.0%}", "", "", "", ""])
     print("Throughput: a burst handled as fast as it goes (baseline: 1 invocation per INTERVAL=5 s = 0.2/s)")
     print(table(["handler", "isolation", "burst", "invocations/s", "vs baseline", "missed", "duplicates",
                  "in order"], rows))
     return results
+
+
+ISOLATIONS = (("worker (HANDLER_TIMEOUT=30)", "30"), ("in-process (HANDLER_TIMEOUT=0)", "0"))
+
+
+def burst_run(client: redis.Redis, url: str, path: Path, samples: list[str], timeout: str) -> dict:
+    """One runtime process handling a burst of `samples` from the start: its rate, misses, duplicates, order."""
+    client.flushall()
+    ids = burst(client, samples)
+    process = spawn("runtime", {"REDIS_URL": url, "REDIS_OUTPUT_KEY": "t", "FUNCTION_PATH": str(path),
+                                "START_FROM": "earliest", "HANDLER_TIMEOUT": timeout})
+    try:
+        deadline = time.monotonic() + 240
+        while int(client.hget("t:status", "invocations") or 0) < len(samples) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        process.terminate()
+        process.wait(10)
+    entries = client.xrange("t:stream")
+    handled = [fields[schema.SAMPLE_ID_FIELD] for _, fields in entries]
+    span = (schema.stream_id_millis(entries[-1][0]) - schema.stream_id_millis(entries[0][0])) / 1000
+    rate = (len(entries) - 1) / span if span > 0 else float("inf")
+    return {"samples": len(samples), "per_second": rate, "missed": len(set(ids) - set(handled)),
+            "duplicates": len(handled) - len(set(handled)), "in_order": handled == ids}
 
 
 def burst(client: redis.Redis, payloads: list[str]) -> list[str]:
@@ -196,9 +210,49 @@ def burst(client: redis.Redis, payloads: list[str]) -> list[str]:
     return ids
 
 
+IDLE_PERIOD_SECONDS = 5.0  # one sample per 5 s: the course's interval
+
+
+def idle(seconds: float = 60.0) -> dict:
+    """CPU of ours and of the baseline at one sample per 5 s: what the wake-ups between samples cost."""
+    from bench.overhead import usage
+
+    results, rows = {}, []
+    with valkey() as server:
+        client = redis.Redis(port=server.port, decode_responses=True)
+        url = {"REDIS_URL": server.connection_url, "FUNCTION_PATH": str(REPO / "usermodule.py")}
+        roles = {"ours, worker": ("runtime", {**url, "REDIS_OUTPUT_KEY": "o-worker"}),
+                 "ours, in-process": ("runtime", {**url, "REDIS_OUTPUT_KEY": "o-in", "HANDLER_TIMEOUT": "0"}),
+                 "baseline (INTERVAL=5)": ("bench.baseline", {**url, "REDIS_HOST": "127.0.0.1",
+                                                              "REDIS_PORT": str(server.port),
+                                                              "REDIS_INPUT_KEY": "metrics", "REDIS_OUTPUT_KEY": "o-base"})}
+        processes = {name: spawn(module, env) for name, (module, env) in roles.items()}
+        try:
+            publish_at(client, 1 / IDLE_PERIOD_SECONDS, 10)  # start-up and first loads are not measured
+            handles = {name: psutil.Process(p.pid) for name, p in processes.items()}
+            before = {name: usage(handle)[0] for name, handle in handles.items()}
+            started = time.monotonic()
+            publish_at(client, 1 / IDLE_PERIOD_SECONDS, seconds)
+            elapsed = time.monotonic() - started
+            after = {name: usage(handle)[0] for name, handle in handles.items()}
+        finally:
+            for process in processes.values():
+                process.terminate()
+                process.wait(10)
+    for name in roles:
+        percent = 100 * (after[name] - before[name]) / elapsed
+        results[name] = {"cpu_percent": percent, "seconds": elapsed}
+        rows.append([name, f"{percent:.3f} %"])
+    print(f"Idle: CPU % of one core over {elapsed:.0f} s at one sample per {IDLE_PERIOD_SECONDS:g} s")
+    print(table(["consumer", "CPU"], rows))
+    return results
+
+
 def main(argv: list[str]) -> int:
-    which = argv[1:] or ["freshness", "throughput"]
+    which = argv[1:] or ["freshness", "throughput", "idle"]
     results = {}
+    if "idle" in which:
+        results["idle"] = idle()
     if "throughput" in which:
         results["throughput"] = throughput()
     if "freshness" in which:

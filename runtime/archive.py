@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import shutil
 import stat
+import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -16,25 +18,35 @@ CHUNK = 1 << 16
 
 
 def unpack(archive: Path, into: Path, max_bytes: int = MAX_TOTAL_BYTES, max_files: int = MAX_FILES) -> Path:
-    """Extract `archive` into a fresh directory under `into` named by its digest; FunctionLoadError if hostile."""
+    """Extract `archive` into a directory under `into` named by its digest; FunctionLoadError if hostile.
+
+    Many processes may unpack the same archive at once (one worker per host): each extracts into a
+    private staging directory and renames it into place; whoever comes second finds the target there
+    (same digest, same content) and drops its own copy.
+    """
     data = archive.read_bytes()
     target = into / f"zip-{hashlib.sha256(data).hexdigest()[:16]}"
     if target.is_dir():
         return target  # the same archive was unpacked and checked before
-    staging = into / f".{target.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    into.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=into))
     try:
-        with zipfile.ZipFile(archive) as zipped:
+        with zipfile.ZipFile(io.BytesIO(data)) as zipped:  # the bytes digested, even if the file changes now
             _extract_checked(zipped, archive, staging, max_bytes, max_files)
+        _move_into_place(staging, target)
     except zipfile.BadZipFile as error:
-        shutil.rmtree(staging, ignore_errors=True)
         raise FunctionLoadError(f"{archive}: not a valid ZIP archive ({error})") from None
-    except BaseException:
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
-    staging.rename(target)
     return target
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    try:
+        staging.rename(target)  # atomic: a reader sees the whole directory or none
+    except OSError:
+        if not target.is_dir():  # not "another process was first": a real failure
+            raise
 
 
 def _extract_checked(zipped: zipfile.ZipFile, archive: Path, staging: Path, max_bytes: int, max_files: int) -> None:

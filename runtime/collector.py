@@ -1,12 +1,15 @@
 """The collector: sample the host with psutil every INTERVAL seconds and publish each sample to Redis.
 
-Each sample goes out in one round trip: SET <input> (the course's latest-value key) and XADD to
-<input>:stream (every sample, for exactly-once triggering and history). While Redis is away, samples
-wait in a bounded buffer and go out in order once it is back.
+Each sample goes out in one round trip: SET <input> (the course's latest-value key, the course's fields
+only) and XADD to <input>:stream (the same sample, and the extended metrics beside it as `extra`), with
+the rollup entries the sample closed and, every ~10 s, the top processes. While Redis is away, samples
+wait in a bounded buffer and go out in order once it is back. Streams are trimmed by age on the Redis
+server's clock: the id the server gave the last entry, never this host's clock.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -22,6 +25,8 @@ import psutil
 import redis
 
 from runtime import schema
+from runtime.extras import ExtraSampler, TopProcesses, guarded
+from runtime.rollup import Rollups
 from runtime.config import BACKOFF_CAP_SECONDS, CollectorConfig, ConfigError, configure_logging, connect
 
 log = logging.getLogger("collector")
@@ -67,26 +72,18 @@ class Sampler:
     def sample(self) -> dict[str, Any]:
         return schema.build_sample(
             datetime.now(),
-            cpu_percents=_guarded("cpu_percent", lambda: psutil.cpu_percent(percpu=True)),
-            cpu_freq_mhz=_guarded("cpu_freq", lambda: psutil.cpu_freq().current),
-            cpu_stats=_guarded("cpu_stats", lambda: psutil.cpu_stats()._asdict()),
-            memory=_guarded("virtual_memory", lambda: psutil.virtual_memory()._asdict()),
-            n_pids=_guarded("pids", lambda: len(psutil.pids())),
-            net=_guarded("net_io_counters", self._net),
+            cpu_percents=guarded("cpu_percent", lambda: psutil.cpu_percent(percpu=True)),
+            cpu_freq_mhz=guarded("cpu_freq", lambda: psutil.cpu_freq().current),
+            cpu_stats=guarded("cpu_stats", lambda: psutil.cpu_stats()._asdict()),
+            memory=guarded("virtual_memory", lambda: psutil.virtual_memory()._asdict()),
+            n_pids=guarded("pids", lambda: len(psutil.pids())),
+            net=guarded("net_io_counters", self._net),
         )
 
     def _net(self) -> dict[str, int]:
         if self.interface is None:
             return psutil.net_io_counters()._asdict()
         return psutil.net_io_counters(pernic=True)[self.interface]._asdict()
-
-
-def _guarded(source: str, read):
-    try:
-        return read()
-    except (OSError, AttributeError, KeyError, NotImplementedError, psutil.Error) as error:
-        log.warning("source_unavailable source=%s error=%r", source, error)
-        return None
 
 
 class Publisher:
@@ -99,59 +96,88 @@ class Publisher:
         self.host = host
         self.keys = keys.for_host(host) if host else keys
         self.retention_seconds = retention_seconds
-        self.pending: deque[str] = deque(maxlen=capacity)
+        self.pending: deque[tuple[str, str | None]] = deque(maxlen=capacity)  # (sample, extras) JSON
+        self.rollups: deque[tuple[str, dict[str, str]]] = deque(maxlen=capacity)  # (tier, entry)
+        self.top: str | None = None  # only the latest top processes matter
         self.dropped = 0
+        self.server_ms: int | None = None  # the Redis server's clock, from the id of the last entry it added
         self._backoff = 0.0
         self._next_attempt = 0.0
 
-    def publish(self, sample: dict[str, Any]) -> bool:
-        """Queue the sample and send everything queued; False while Redis is unreachable."""
+    def publish(self, sample: dict[str, Any], extra: dict[str, Any] | None = None,
+                rollups: list[tuple[str, dict[str, str]]] = (), top: dict[str, Any] | None = None) -> bool:
+        """Queue the sample (its extras, closed rollups, top processes) and send everything queued.
+
+        False while Redis is unreachable.
+        """
         if len(self.pending) == self.pending.maxlen:
             self.dropped += 1
             log.warning("buffer_full dropped_oldest total_dropped=%d capacity=%d", self.dropped, self.pending.maxlen)
-        self.pending.append(schema.encode_sample(sample))
+        self.pending.append((schema.encode_sample(sample), schema.encode_extra(extra) if extra is not None else None))
+        self.rollups.extend(rollups)
+        if top is not None:
+            self.top = json.dumps(top, allow_nan=False)
         if time.monotonic() < self._next_attempt:
             return False
         return self.flush()
 
+    def _minid(self) -> int | None:
+        """Entries older than the retention on the server's clock go; None (no trim) before it is known."""
+        return None if self.server_ms is None else self.server_ms - int(self.retention_seconds * 1000)
+
     def flush(self) -> bool:
-        if not self.pending:
+        if not self.pending and not self.rollups:
             return True
-        batch = list(self.pending)
-        minid = int((time.time() - self.retention_seconds) * 1000)
+        batch, rollups, minid = list(self.pending), list(self.rollups), self._minid()
         pipe = self.client.pipeline(transaction=True)
-        for payload in batch:
-            pipe.xadd(self.keys.input_stream, schema.sample_entry(payload), minid=minid, approximate=True)
-        pipe.set(self.keys.input, batch[-1])
+        for sample_json, extra_json in batch:
+            pipe.xadd(self.keys.input_stream, schema.sample_entry(sample_json, extra_json), minid=minid,
+                      approximate=True)
+        for tier, fields in rollups:
+            pipe.xadd(self.keys.rollup(tier), fields, minid=minid, approximate=True)
+        if batch:
+            pipe.set(self.keys.input, batch[-1][0])
+        if self.top is not None:
+            pipe.set(self.keys.top, self.top)
         if self.host:
             pipe.hset(self.registry, self.host, datetime.now().isoformat(sep=" "))
         try:
-            pipe.execute()
+            replies = pipe.execute()
         except redis.RedisError as error:  # unreachable, restarting, out of memory: keep and retry
             self._backoff = min(max(self._backoff * 2, 0.5), BACKOFF_CAP_SECONDS)
             self._next_attempt = time.monotonic() + self._backoff
             log.warning("redis_unavailable error=%s buffered=%d retry_in=%.1fs", error, len(self.pending), self._backoff)
             return False
+        self._sent(batch, rollups, replies)
+        return True
+
+    def _sent(self, batch: list, rollups: list, replies: list) -> None:
         for _ in batch:
             self.pending.popleft()
+        for _ in rollups:
+            self.rollups.popleft()
+        self.top = None
+        if batch:
+            self.server_ms = schema.stream_id_millis(replies[len(batch) - 1])
         if self._backoff:
             log.info("redis_back published_buffered=%d", len(batch))
         self._backoff = 0.0
-        return True
 
 
 def run(config: CollectorConfig, client: redis.Redis, stop: threading.Event) -> None:
     """Sample on a fixed schedule (no drift) until `stop` is set."""
-    sampler = Sampler(config.net_interface, config.procfs_path)
+    sampler, extras, top = Sampler(config.net_interface, config.procfs_path), ExtraSampler(), TopProcesses()
+    rollups = Rollups()
     publisher = Publisher(client, config.keys, config.retention_seconds, config.buffer_samples, config.host_id)
     next_tick = time.monotonic() + min(config.interval, 1.0)  # a first sample soon after start
     while not stop.wait(max(0.0, next_tick - time.monotonic())):
-        sample = sampler.sample()
-        if publisher.publish(sample):
+        sample, extra = sampler.sample(), extras.read()
+        if publisher.publish(sample, extra, rollups.add(sample, extra), top.due()):
             log.debug("published timestamp=%s", sample[schema.TIMESTAMP])
         next_tick += config.interval
         if next_tick < time.monotonic():  # fell behind (suspended host): skip, don't burst
             next_tick = time.monotonic() + config.interval
+    publisher.rollups.extend(rollups.close_all())  # the open buckets: a reader merges them with a later start's
     publisher.flush()
     log.info("stopped unsent=%d", len(publisher.pending))
 

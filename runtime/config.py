@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
 import tempfile
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
@@ -16,8 +20,12 @@ from redis.retry import Retry
 
 from runtime import schema
 
+T = TypeVar("T")
+
 DEFAULT_INTERVAL = 5.0  # seconds, as in the course's reference runtime and collector
 MIN_COLLECTOR_INTERVAL = 0.5
+DEFAULT_INPUT_KEY = "metrics"
+DEFAULT_OUTPUT_KEY = "metrics-output"  # the stack's and the dashboard's (the runtime has none by default)
 DEFAULT_FUNCTION_PATH = "/opt/usermodule.py"  # where the course's Deployment mounts the function
 DEFAULT_HANDLER = "handler"
 DEFAULT_OUTPUT_MAX_BYTES = 1024 * 1024
@@ -29,17 +37,24 @@ DEFAULT_HANDLER_TIMEOUT = 30.0
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_LEASE_SECONDS = 5.0  # a standby takes over this long after the active runtime died
 
-# The block of one XREAD: bounds how long a stop request waits. The socket timeout must exceed it.
-BLOCK_SECONDS = 1.0
+# The block of one XREAD when no sample comes. A stop wakes it at once; the liveness probe expects a
+# step at least every STALL_SECONDS (observe.py), and the socket timeout must exceed it.
+DEFAULT_BLOCK_SECONDS = 5.0
+MAX_BLOCK_SECONDS = 5.0
 SOCKET_TIMEOUT_SECONDS = 10.0
 BACKOFF_CAP_SECONDS = 10.0
+DEFAULT_DASHBOARD_REFRESH = 2.0  # seconds between the page's live refreshes
+DASHBOARD_REFRESH_RANGE = (1.0, 10.0)
+URL_PASSWORD_BREAKERS = "/#?"  # characters that end a URL's authority part: a password must encode them
 
 
 class ConfigError(ValueError):
     """A setting that cannot be used; the message names the variable and what it accepts."""
 
 
-def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+def _number(env: Mapping[str, str], name: str, default: float, minimum: float,
+            maximum: float = float("inf")) -> float:
+    """A number setting: the default when unset, ConfigError naming the variable when out of range."""
     text = env.get(name, "").strip()
     if not text:
         return default
@@ -47,9 +62,32 @@ def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -
         value = float(text)
     except ValueError:
         raise ConfigError(f"{name}={text!r} is not a number (seconds or a count, e.g. {default:g})") from None
-    if not value >= minimum:
-        raise ConfigError(f"{name}={text!r} must be at least {minimum:g}")
+    if not minimum <= value <= maximum:
+        bound = f"between {minimum:g} and {maximum:g}" if maximum < float("inf") else f"at least {minimum:g}"
+        raise ConfigError(f"{name}={text!r} must be {bound}")
     return value
+
+
+def _text(env: Mapping[str, str], name: str, default: str) -> str:
+    return env.get(name, "").strip() or default
+
+
+def _check_url(url: str) -> None:
+    """A URL redis-py will read as written; the message never repeats it (it may hold a password)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, not {parts.scheme!r}://")
+    if parts.scheme == "unix":
+        return
+    after_authority = url[len(parts.scheme) + 3 + len(parts.netloc):]
+    try:
+        parts.port
+    except ValueError:
+        after_authority += "@"  # "redis://:pa:ss@host" and the like: a password breaking the port
+    if "@" in after_authority:
+        raise ConfigError("REDIS_URL: the password seems to hold one of / # ? (or the URL is malformed): "
+                          "percent-encode them in the URL (/ as %2F, # as %23, ? as %3F) or pass the password "
+                          "in REDIS_PASSWORD instead")
 
 
 @dataclass(frozen=True)
@@ -71,9 +109,17 @@ class RedisSettings:
                 raise ConfigError(f"REDIS_PORT={port!r} is not a port number")
             scheme = "rediss" if env.get("REDIS_TLS", "").lower() in ("1", "true", "yes") else "redis"
             url = f"{scheme}://{host}:{port}"
-        if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-            raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {cls(url).safe_url()!r}")
+        _check_url(url)
         return cls(url=url, password=password, tls_ca=env.get("REDIS_TLS_CA", "").strip() or None)
+
+    @property
+    def host(self) -> str:
+        """The server's host name, as the course's context.host gives it."""
+        return urlsplit(self.url).hostname or "localhost"
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or 6379
 
     def safe_url(self) -> str:
         """The URL with any password masked, for logs and the dashboard."""
@@ -90,6 +136,7 @@ def connect(settings: RedisSettings, client_name: str) -> redis.Redis:
     retry = Retry(ExponentialWithJitterBackoff(cap=BACKOFF_CAP_SECONDS / 4, base=0.05), retries=3)
     options = dict(
         decode_responses=True,
+        encoding_errors="surrogateescape",  # bytes that are not UTF-8 arrive as lone surrogates, not a crash
         retry=retry,
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         socket_timeout=SOCKET_TIMEOUT_SECONDS,
@@ -103,6 +150,23 @@ def connect(settings: RedisSettings, client_name: str) -> redis.Redis:
     if settings.tls_ca:
         options["ssl_ca_certs"] = settings.tls_ca
     return redis.Redis.from_url(settings.url, **options)
+
+
+def start_role(role: str, parse: Callable[[], T]) -> tuple[T, threading.Event] | None:
+    """A role's start: its settings and logging from the environment, SIGTERM/SIGINT setting the stop event.
+
+    None (after saying why on stderr, as `<role>: <what is wrong>`) when a setting is bad: exit 2.
+    """
+    try:
+        config = parse()
+        configure_logging(os.environ)
+    except ConfigError as error:
+        print(f"{role}: {error}", file=sys.stderr)
+        return None
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return config, stop
 
 
 def configure_logging(env: Mapping[str, str]) -> None:
@@ -130,6 +194,7 @@ class RuntimeConfig:
     http_port: int | None = DEFAULT_HTTP_PORT  # None: no HTTP server; 0: any free port
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     handler_memory_mb: int = 0  # 0: no limit
+    block_seconds: float = DEFAULT_BLOCK_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RuntimeConfig:
@@ -140,7 +205,7 @@ class RuntimeConfig:
         return cls(
             redis=RedisSettings.from_env(env),
             keys=schema.Keys(
-                input=env.get("REDIS_INPUT_KEY", "").strip() or "metrics",
+                input=_text(env, "REDIS_INPUT_KEY", DEFAULT_INPUT_KEY),
                 output=env.get("REDIS_OUTPUT_KEY", "").strip() or None,
             ),
             interval=_number(env, "INTERVAL", DEFAULT_INTERVAL, 0.01),
@@ -156,6 +221,7 @@ class RuntimeConfig:
             http_port=_http_port(env),
             lease_seconds=_number(env, "LEASE_SECONDS", DEFAULT_LEASE_SECONDS, 1),
             handler_memory_mb=int(_number(env, "HANDLER_MEMORY_MB", 0, 0)),
+            block_seconds=_number(env, "BLOCK_SECONDS", DEFAULT_BLOCK_SECONDS, 0.01, MAX_BLOCK_SECONDS),
         )
 
 
@@ -192,7 +258,7 @@ class CollectorConfig:
         env = os.environ if env is None else env
         return cls(
             redis=RedisSettings.from_env(env),
-            keys=schema.Keys(input=env.get("REDIS_INPUT_KEY", "").strip() or "metrics"),
+            keys=schema.Keys(input=_text(env, "REDIS_INPUT_KEY", DEFAULT_INPUT_KEY)),
             interval=_number(env, "INTERVAL", DEFAULT_INTERVAL, MIN_COLLECTOR_INTERVAL),
             net_interface=env.get("NET_INTERFACE", "").strip() or None,
             procfs_path=env.get("PROCFS_PATH", "").strip() or None,
@@ -211,3 +277,24 @@ def _host_id(env: Mapping[str, str]) -> str | None:
         except ValueError as error:
             raise ConfigError(f"HOST_ID: {error}") from None
     return host or None
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    """The dashboard's own settings, parsed like every other role's."""
+
+    redis: RedisSettings
+    keys: schema.Keys
+    refresh_seconds: float = DEFAULT_DASHBOARD_REFRESH
+    interval: float = DEFAULT_INTERVAL  # the collector's, for "no data since" hints
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> DashboardConfig:
+        env = os.environ if env is None else env
+        return cls(
+            redis=RedisSettings.from_env(env),
+            keys=schema.Keys(input=_text(env, "REDIS_INPUT_KEY", DEFAULT_INPUT_KEY),
+                             output=_text(env, "REDIS_OUTPUT_KEY", DEFAULT_OUTPUT_KEY)),
+            refresh_seconds=_number(env, "DASHBOARD_REFRESH", DEFAULT_DASHBOARD_REFRESH, *DASHBOARD_REFRESH_RANGE),
+            interval=_number(env, "INTERVAL", DEFAULT_INTERVAL, MIN_COLLECTOR_INTERVAL),
+        )

@@ -6,6 +6,18 @@ from datetime import datetime
 from typing import Any
 
 FIELDS = ("host", "port", "input_key", "output_key", "function_getmtime", "last_execution", "env")
+HELP_TEXT = """Context fields:
+  host               the Redis host the runtime reads from
+  port               the Redis port
+  input_key          the key the samples come from
+  output_key         the key the handler's result is stored at (None: stored nowhere)
+  function_getmtime  the function file's modification time, 'YYYY-MM-DD HH:MM:SS'
+  last_execution     datetime of the last stored execution (None before the first)
+  env                a dict kept between calls; mutate it, reassign it or call set_env(new)
+Methods:
+  set_env(new)         replace env
+  confirm_execution()  set last_execution to now
+  help()               print this text"""
 
 
 class Context:
@@ -45,6 +57,19 @@ class Context:
 
     def __contains__(self, name: object) -> bool:
         return name in FIELDS
+
+    def set_env(self, new: Any) -> None:
+        """Replace `env`, as the reference's method does; the new value is what the checkpoint stores."""
+        self.env = new
+
+    def confirm_execution(self) -> None:
+        """Set `last_execution` to now, as the reference's method does."""
+        self.last_execution = datetime.now()
+
+    @staticmethod
+    def help() -> None:
+        """Print the context's fields and methods, as the reference's static help() does."""
+        print(HELP_TEXT)  # the handler asked for it: it lands in the invocation's captured output
 
     def get(self, name: str, default: Any = None) -> Any:
         return getattr(self, name, default) if name in FIELDS else default

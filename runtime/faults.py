@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import enum
 import traceback
-from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from runtime.status import ERROR_MESSAGE_MAX, ERROR_OUTPUT_MAX, ERROR_TRACEBACK_MAX, now_text
 
 RUNTIME_DIR = Path(__file__).resolve().parent
 
@@ -41,14 +42,23 @@ def describe(error: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(error), error)).strip()
 
 
+def cut(text: str, limit: int, keep: str = "head") -> str:
+    """`text` within `limit` characters, saying how much was cut; `keep` the head or the tail."""
+    if len(text) <= limit:
+        return text
+    note = f"[{len(text) - limit:,} characters cut]"
+    return f"{text[:limit]} {note}" if keep == "head" else f"{note}\n{text[-limit:]}"
+
+
 def record(fault: Fault, message: str, sample_id: str | None, timestamp: str | None,
-           trace: str = "") -> dict[str, Any]:
-    """The error record stored in the errors stream and as the status's last error."""
+           trace: str = "", output: str = "") -> dict[str, Any]:
+    """The error record stored in the errors stream and as the status's last error, each text capped."""
     return {
         "fault": fault.value,
-        "message": message,
+        "message": cut(message or "", ERROR_MESSAGE_MAX),
         "sample_id": sample_id or "",
         "sample_timestamp": timestamp or "",
-        "time": datetime.now().isoformat(sep=" "),
-        "traceback": trace,
+        "time": now_text(),
+        "traceback": cut(trace, ERROR_TRACEBACK_MAX, keep="tail"),  # the tail: where it was raised
+        "output": cut(output, ERROR_OUTPUT_MAX, keep="tail"),
     }

@@ -8,6 +8,7 @@ import inspect
 import logging
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -183,30 +184,58 @@ def _user_frame(error: BaseException, root: Path) -> tuple[str | None, int | str
 _NEVER = object()
 
 
+RETRY_FIRST, RETRY_CAP = 1.0, 30.0  # seconds between attempts to load code that failed to load
+
+
+class Retry:
+    """When to try again a load that failed without its files changing (a race, a full disk)."""
+
+    def __init__(self) -> None:
+        self.delay = RETRY_FIRST
+        self.at: float | None = None
+
+    def due(self) -> bool:
+        return self.at is not None and time.monotonic() >= self.at
+
+    def failed(self) -> None:
+        self.delay = RETRY_FIRST if self.at is None else min(self.delay * 2, RETRY_CAP)
+        self.at = time.monotonic() + self.delay
+
+    def succeeded(self) -> None:
+        self.at, self.delay = None, RETRY_FIRST
+
+
 class FunctionSource:
-    """The current function: loaded once, reloaded when its file changes, the last good one kept on error."""
+    """The current function: loaded once, reloaded when its files change, the last good one kept on error."""
 
     def __init__(self, path: Path, handler_name: str, unpack_dir: Path) -> None:
-        self.path = path
+        # Absolute once, here: a handler that changes the working directory cannot move the function.
+        self.path = Path(os.path.abspath(path))
         self.handler_name = handler_name
-        self.unpack_dir = unpack_dir
+        self.unpack_dir = Path(os.path.abspath(unpack_dir))
         self.current: LoadedFunction | None = None
         self.error: str | None = None
+        self.retry = Retry()
         self._identity: object = _NEVER
 
-    def refresh(self) -> bool:
-        """Reload if the file changed since the last attempt; True when a new version was loaded."""
+    def refresh(self, retry: bool = False) -> bool:
+        """Reload if the files changed, or a failed load is due again (or `retry`); True when a load succeeded."""
         identity = source_identity(self.path)
-        if identity == self._identity:
+        if identity == self._identity and not (self.error is not None and (retry or self.retry.due())):
             return False
+        again = identity == self._identity
         self._identity = identity
         try:
             loaded = load_function(self.path, self.handler_name, self.unpack_dir)
         except FunctionLoadError as error:
+            self.retry.failed()
+            if not again or str(error) != self.error:  # a retry failing the same way is not news
+                # Debug: the runtime reports the failure itself (log line, status, error record), once.
+                log.debug("function_load_failed path=%s keeping=%s error=%s", self.path,
+                          self.current.version if self.current else "none", error)
             self.error = str(error)
-            log.error("function_load_failed path=%s keeping=%s error=%s", self.path,
-                      self.current.version if self.current else "none", self.error)
             return False
+        self.retry.succeeded()
         self.current, self.error = loaded, None
         log.info("function_loaded path=%s handler=%s version=%s", self.path, self.handler_name, loaded.version)
         return True

@@ -17,20 +17,22 @@ import redis
 from runtime.config import RuntimeConfig, connect
 from runtime.loop import Runtime, make_invoker
 from runtime.observe import Health, Metrics
+from runtime.reader import text_of
 
-log = logging.getLogger("runtime.hosts")
+log = logging.getLogger(__name__)
 
-SCAN_SECONDS = 2.0  # how soon a new host is picked up
+SCAN_SECONDS = 5.0  # how soon a new host is picked up (each scan is a wake-up of an idle runtime)
 
 
 class HostSupervisor:
     def __init__(self, config: RuntimeConfig, client: redis.Redis, stop: threading.Event,
-                 extra_paths: list[str] | None = None) -> None:
+                 extra_paths: list[str] | None = None, metrics: Metrics | None = None) -> None:
         self.config = config
         self.client = client
         self.stop = stop
         self.extra_paths = extra_paths or []
-        self.metrics = Metrics()
+        self.metrics = metrics or Metrics()
+        self.skipped: set[str] = set()  # host ids that cannot be followed, reported once each
         self.health = SupervisorHealth(self)
         self.runtimes: dict[str | None, Runtime] = {}
         self.threads: list[threading.Thread] = []
@@ -43,13 +45,20 @@ class HostSupervisor:
             except redis.RedisError as error:
                 log.warning("hosts_unreadable key=%s error=%s", self.config.keys.hosts, error)
                 continue
-            for host in sorted(set(hosts) - set(self.runtimes)):
-                try:
-                    self._start(host)
-                except ValueError as error:
-                    log.error("host_ignored host=%r error=%s", host, error)
+            for host in sorted(set(hosts) - set(self.runtimes) - self.skipped):
+                self._follow(host)
         for thread in self.threads:
             thread.join()
+
+    def _follow(self, host: str) -> None:
+        """Start a runtime for a newly registered host; skip (and count) an id that cannot be one."""
+        try:
+            text_of(host)
+            self._start(host)
+        except (ValueError, UnicodeError) as error:  # UnicodeError: bytes that are not UTF-8
+            self.skipped.add(host)
+            self.metrics.hosts_skipped.inc()
+            log.error("host_ignored host=%r error=%s", host, error)
 
     def _start(self, host: str | None) -> None:
         config = self.config if host is None else dataclasses.replace(self.config, keys=self.config.keys.for_host(host))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -19,9 +18,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from runtime import envcodec, schema
+from runtime.capture import Tail, captured
 from runtime.context import Context
 from runtime.faults import Fault, describe, record, user_traceback
 from runtime.function import FunctionSource
+from runtime.status import ERROR_OUTPUT_MAX
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,9 @@ class Invoker(Protocol):
     def close(self) -> None:
         """Stop whatever runs the handler."""
 
+    # Optional: take_incidents() -> list of error records of faults no sample caused (a worker that
+    # died while idle); emptied by the call. Worker and InProcess have it.
+
 
 class InvocationLost(Exception):
     """An invocation did not return: it ran past HANDLER_TIMEOUT or its worker process died."""
@@ -108,52 +112,70 @@ class InvocationLost(Exception):
         self.error = error
 
 
-def call(function: FunctionSource, context: Context, settings: FunctionSettings, raw: str | None,
-         problem: str | None, entry_id: str | None) -> dict[str, Any]:
+# Bound once, when the runtime imports this module and before any user code runs: a handler that
+# replaces json.dumps or sys.modules["json"] changes its own encoding, never how outcomes are encoded.
+_dumps, _loads = json.dumps, json.loads
+OUTPUT_TAIL = ERROR_OUTPUT_MAX - 64  # room for the note of what was dropped
+
+
+def call(function: FunctionSource, context: Context, settings: FunctionSettings, request: Request,
+         tail: Tail) -> dict[str, Any]:
     """Run one invocation; the outcome is a dict of plain values (it may cross a process boundary)."""
     outcome: dict[str, Any] = {"timestamp": None, "output": None, "error": None, "duration": 0.0,
                                "last_execution": None}
-    if raw is None:
-        outcome["error"] = record(Fault.INPUT_INVALID, problem, entry_id, None)
+    payload = _decode(request, outcome)
+    if payload is None:
         return outcome
-    try:
-        payload = schema.decode_object(raw)
-    except schema.SampleError as error:
-        outcome["error"] = record(Fault.INPUT_INVALID, str(error), entry_id, None)
-        return outcome
-    timestamp = payload.get(schema.TIMESTAMP)
-    outcome["timestamp"] = timestamp if isinstance(timestamp, str) else None
     for name, value in settings.context_fields.items():  # as the reference does before every call
         setattr(context, name, value)
     context.function_getmtime = function.current.getmtime
     started = time.perf_counter()
     try:
-        result = function.current.handler(schema.with_aliases(payload), context)
+        with captured(tail):
+            result = function.current.handler(schema.with_aliases(payload), context)
     except KeyboardInterrupt:
         raise
     except BaseException as error:  # noqa: BLE001 - sys.exit() in user code must not end the runtime
-        outcome["error"] = record(Fault.HANDLER_ERROR, describe(error), entry_id, outcome["timestamp"],
-                                  user_traceback(error))
+        outcome["error"] = record(Fault.HANDLER_ERROR, describe(error), request.entry_id, outcome["timestamp"],
+                                  user_traceback(error), tail.text())
         return outcome
     finally:
         outcome["duration"] = time.perf_counter() - started
     context.last_execution = datetime.now()
     outcome["last_execution"] = context.last_execution.isoformat()
     if result:
-        _encode_output(result, outcome, entry_id, settings.output_max_bytes)
+        _encode_output(result, outcome, request.entry_id, settings.output_max_bytes, tail)
     return outcome
 
 
-def _encode_output(result: Any, outcome: dict[str, Any], entry_id: str | None, max_bytes: int) -> None:
+def _decode(request: Request, outcome: dict[str, Any]) -> dict[str, Any] | None:
+    """The sample as a dict, with its timestamp noted in `outcome`; None with an error record if unusable."""
+    if request.raw is None:
+        outcome["error"] = record(Fault.INPUT_INVALID, request.problem, request.entry_id, None)
+        return None
     try:
-        text = json.dumps(result, default=_json_default, allow_nan=False)
+        payload = schema.decode_object(request.raw)
+    except schema.SampleError as error:
+        outcome["error"] = record(Fault.INPUT_INVALID, str(error), request.entry_id, None)
+        return None
+    timestamp = payload.get(schema.TIMESTAMP)
+    outcome["timestamp"] = timestamp if isinstance(timestamp, str) else None
+    return payload
+
+
+def _encode_output(result: Any, outcome: dict[str, Any], entry_id: str | None, max_bytes: int, tail: Tail) -> None:
+    """The result as the reference stores it: Python's JSON text, NaN and Infinity included."""
+    try:
+        text = _dumps(result, default=_json_default)
     except (TypeError, ValueError, RecursionError) as error:
         outcome["error"] = record(Fault.OUTPUT_NOT_JSON, f"the handler's result cannot be stored as JSON: {error}. "
-                                  "Return a dict of numbers, strings, lists and dicts", entry_id, outcome["timestamp"])
+                                  "Return a dict of numbers, strings, lists and dicts", entry_id, outcome["timestamp"],
+                                  output=tail.text())
         return
     if len(text) > max_bytes:
         outcome["error"] = record(Fault.OUTPUT_TOO_LARGE, f"the handler's result is {len(text):,} bytes as JSON, "
-                                  f"over OUTPUT_MAX_BYTES={max_bytes:,}", entry_id, outcome["timestamp"])
+                                  f"over OUTPUT_MAX_BYTES={max_bytes:,}", entry_id, outcome["timestamp"],
+                                  output=tail.text())
         return
     outcome["output"] = text
 
@@ -161,10 +183,7 @@ def _encode_output(result: Any, outcome: dict[str, Any], entry_id: str | None, m
 def _json_default(value: Any) -> Any:
     """numpy numbers and arrays, and datetimes, as JSON; anything else is not JSON."""
     if type(value).__module__ == "numpy" and hasattr(value, "tolist"):
-        result = value.tolist()
-        if isinstance(result, float) and not math.isfinite(result):
-            raise ValueError(f"Out of range float values are not JSON compliant: {result!r}")
-        return result
+        return value.tolist()  # a non-finite float comes out as NaN / Infinity, as for Python floats
     if isinstance(value, datetime):
         return value.isoformat(sep=" ")
     raise TypeError(f"{type(value).__name__} {value!r:.80} is not JSON serializable")
@@ -180,13 +199,13 @@ def encode_env(env: Any) -> tuple[str | None, str | None]:
     decoded and encoded again on its way to Redis.
     """
     try:
-        return envcodec.dumps(env), None
+        return _dumps(envcodec.encode(env), allow_nan=False, separators=(",", ":")), None
     except envcodec.NotDurable as error:
         return None, str(error)
 
 
 def decode_env(text: str | None) -> Any:
-    return envcodec.loads(text) if text is not None else {}
+    return envcodec.decode(_loads(text)) if text is not None else {}
 
 
 class InProcess:
@@ -196,6 +215,7 @@ class InProcess:
         self.settings = settings
         self.function = FunctionSource(settings.path, settings.handler, settings.unpack_dir)
         self.context = Context(function_getmtime="", **settings.context_fields)
+        self.tail = Tail(OUTPUT_TAIL)
 
     @property
     def version(self) -> str | None:
@@ -211,8 +231,7 @@ class InProcess:
 
     def invoke_batch(self, requests: Sequence[Request]) -> Iterator[Outcome]:
         for index, request in enumerate(requests):
-            outcome = Outcome(**call(self.function, self.context, self.settings, request.raw, request.problem,
-                                     request.entry_id))
+            outcome = Outcome(**call(self.function, self.context, self.settings, request, self.tail))
             yield outcome if index < len(requests) - 1 else dataclasses.replace(outcome, env=self.env_data())
 
     def env_data(self) -> EnvData:
@@ -224,3 +243,6 @@ class InProcess:
 
     def close(self) -> None:
         pass
+
+    def take_incidents(self) -> list[dict[str, Any]]:
+        return []  # nothing runs between invocations here

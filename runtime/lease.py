@@ -1,9 +1,11 @@
-"""One active runtime per output key: a lease in Redis, held by renewing it, taken over when it lapses.
+"""One active runtime per output key: a lease in Redis, renewed by a keeper thread, taken over when it lapses.
 
-A standby replica keeps trying to take the lease; the active one renews it on every turn of its loop.
-Every commit is fenced by the lease (WATCH it, check we hold it, then MULTI/EXEC), so a runtime that
-lost the lease while it worked — paused, partitioned — cannot store anything after the new holder
-took over.
+The keeper renews the lease on its own schedule, independent of the loop, so a long batch keeps it.
+A standby's keeper keeps trying to take it. A runtime restarted where its predecessor ran (same host
+name, same process namespace) takes the lease at once when that predecessor is provably gone: its
+pid no longer exists, or belongs to a process started at another time (pid reused, or this very pid
+after a container restart). Replicas elsewhere wait for the lease to lapse. Every commit checks the
+holder inside the commit script, so a runtime that lost the lease while it worked stores nothing.
 """
 
 from __future__ import annotations
@@ -11,18 +13,42 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
+import psutil
 import redis
 
-log = logging.getLogger("runtime.lease")
+from runtime import keytypes
+from runtime.status import HEARTBEAT_SECONDS
+
+log = logging.getLogger(__name__)
 
 # Renew only what we hold: a lapsed lease taken by another replica must not be extended by us.
+# While held, also write the heartbeat fields (ARGV[3..]) to the hash KEYS[2]: one round trip per tick.
 RENEW = """
+local held = 0
 if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('pexpire', KEYS[1], ARGV[2])
+  held = redis.call('pexpire', KEYS[1], ARGV[2])
+elseif redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  held = 1
 end
-return redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+if held == 1 and #ARGV > 2 then
+  local found = redis.call('type', KEYS[2])['ok']
+  if found == 'none' or found == 'hash' then redis.call('hset', KEYS[2], unpack(ARGV, 3)) end
+end
+return held
+"""
+Heartbeat = tuple[str, Mapping[str, str]]  # a hash key and the fields to write there
+# Take the lease from a holder proven dead, only if it still holds it.
+TAKE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
 """
 RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -30,10 +56,64 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+RENEWALS_PER_LEASE = 2.5  # renewals per lease period: one may fail, and the next still comes in time
+
+
+class LeaseUnavailable(Exception):
+    """The lease cannot be taken at all (wrong key type, Redis refusing writes): no replica can work."""
 
 
 class LeaseLost(Exception):
     """Another runtime holds the lease now: what this one computed since its last commit is dropped."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a lease: host name, pid namespace, pid and the process's start time, plus a nonce."""
+
+    host: str
+    pid: int
+    started: str  # the process's start time, from /proc: tells a reused pid from the holder
+    namespace: str  # the pid namespace: the same pid in another container is another process
+    nonce: str
+
+    @classmethod
+    def of_this_process(cls) -> Holder:
+        return cls(socket.gethostname(), os.getpid(), process_start(os.getpid()) or "?", pid_namespace(),
+                   uuid.uuid4().hex[:8])
+
+    @classmethod
+    def parse(cls, text: str) -> Holder | None:
+        parts = text.split(":")
+        if len(parts) != 5 or not parts[1].isdigit():
+            return None
+        return cls(parts[0], int(parts[1]), parts[2], parts[3], parts[4])
+
+    def text(self) -> str:
+        return f"{self.host}:{self.pid}:{self.started}:{self.namespace}:{self.nonce}"
+
+    def gone(self, me: Holder) -> bool:
+        """Provably dead: it ran beside `me` (same host and pid namespace) and its process is no more."""
+        if (self.host, self.namespace) != (me.host, me.namespace) or self.nonce == me.nonce:
+            return False
+        return process_start(self.pid) != self.started
+
+
+def process_start(pid: int) -> str | None:
+    """The process's start time as a token, None when there is no such process."""
+    try:
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.Error:
+        return "unknown"  # it exists but we may not look: not provably gone
+
+
+def pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "-"
 
 
 class Lease:
@@ -41,31 +121,105 @@ class Lease:
         self.client = client
         self.key = key
         self.millis = int(seconds * 1000)
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.me = Holder.of_this_process()
+        self.holder = self.me.text()
         self.held = False
         self._renew = client.register_script(RENEW)
+        self._take = client.register_script(TAKE)
         self._release = client.register_script(RELEASE)
 
-    def hold(self) -> bool:
-        """Take or renew the lease; True while this runtime is the active one."""
-        held = bool(self._renew(keys=[self.key], args=[self.holder, self.millis]))
+    def hold(self, heartbeat: Heartbeat | None = None) -> bool:
+        """Take or renew the lease (at once from a dead predecessor); True while this runtime is active.
+
+        With a heartbeat, its fields are written in the same round trip while we hold the lease.
+        """
+        key, fields = heartbeat or (self.key, {})
+        args = [self.holder, self.millis, *(part for item in fields.items() for part in item)]
+        held = bool(self._renew(keys=[self.key, key], args=args)) or self._take_from_dead()
         if held != self.held:
             log.info("lease_%s key=%s holder=%s", "acquired" if held else "lost", self.key, self.holder)
-            if not held:
-                log.info("standby active=%s", self.client.get(self.key))
         self.held = held
         return held
 
-    def fence(self, pipe: redis.client.Pipeline) -> None:
-        """Start a transaction that only executes while we hold the lease (WATCH, check, MULTI)."""
-        pipe.watch(self.key)
-        if pipe.get(self.key) != self.holder:
-            pipe.reset()
-            self.held = False
-            raise LeaseLost(f"the lease {self.key} is held by another runtime")
-        pipe.multi()
+    def _take_from_dead(self) -> bool:
+        current = self.client.get(self.key)
+        if isinstance(current, bytes):
+            current = current.decode("utf-8", "replace")
+        other = Holder.parse(current) if isinstance(current, str) else None
+        if other is None or not other.gone(self.me):
+            return False
+        taken = bool(self._take(keys=[self.key], args=[current, self.holder, self.millis]))
+        if taken:
+            log.info("lease_taken_over key=%s from=%s: that process is gone", self.key, current)
+        return taken
 
     def release(self) -> None:
         if self.held:
             self._release(keys=[self.key], args=[self.holder])
             self.held = False
+
+
+class NoLease:
+    """No output key, nothing stored: nothing to share, always active."""
+
+    key = "(none)"
+    holder = ""
+    held = True
+    millis = 3_600_000
+
+    def hold(self, heartbeat: Heartbeat | None = None) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews (or, on a standby, tries to take) the lease 2.5 times per period (at least every 2 s) until `stop`."""
+
+    def __init__(self, lease: Lease | NoLease, stop: threading.Event, heartbeat: Callable[[], Heartbeat | None],
+                 on_problem: Callable[[str], None]) -> None:
+        super().__init__(name=f"lease-{lease.key}", daemon=True)
+        self.lease = lease
+        self.stop = stop
+        self.heartbeat = heartbeat  # what to write with each renewal (None: nothing, the loop is stuck)
+        self.on_problem = on_problem  # told when the lease cannot be taken at all
+        self.period = min(lease.millis / 1000 / RENEWALS_PER_LEASE, HEARTBEAT_SECONDS)
+        self.changed = threading.Event()  # set whenever `held` may have changed
+        self.problem: str | None = None  # what keeps us from holding the lease, besides another holder
+
+    def tick(self) -> bool:
+        """Renew or try to take the lease, with the heartbeat; whether we hold it."""
+        try:
+            held = self.lease.hold(self.heartbeat())
+            self._report(None)
+        except redis.ResponseError as error:  # refused: a wrong key type, out of memory, read-only
+            self.lease.held = False
+            self._report(self._explain(error))
+            return False
+        except redis.RedisError as error:  # unreachable: the loop reports it too; a missed renewal is retried
+            self._report(f"the lease {self.lease.key} cannot be renewed: {error}")
+            return self.lease.held
+        self.changed.set()
+        return held
+
+    def _explain(self, error: redis.ResponseError) -> str:
+        if keytypes.is_wrongtype(error):
+            return str(keytypes.KeyTypeError(self.lease.key, self.lease.client.type(self.lease.key), "string"))
+        return f"the lease {self.lease.key} cannot be taken: {error}"
+
+    def _report(self, problem: str | None) -> None:
+        """Log a problem once when it appears, and once when it is gone."""
+        if problem != self.problem:
+            if problem:
+                log.warning("lease_unavailable %s", problem)
+                self.on_problem(problem)
+            elif self.problem:
+                log.info("lease_available key=%s", self.lease.key)
+        self.problem = problem
+
+    def run(self) -> None:
+        if isinstance(self.lease, NoLease):
+            return
+        while not self.stop.wait(self.period):
+            self.tick()

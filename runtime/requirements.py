@@ -22,7 +22,18 @@ def install(requirements: Path, target: Path) -> Path:
     log.info("installing requirements=%s target=%s", requirements, target)
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
-        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-8:])
-        raise RequirementsError(f"installing {requirements} failed (pip exit code {result.returncode}):\n{tail}")
+        raise RequirementsError(f"installing {requirements} failed (pip exit code {result.returncode}):\n"
+                                f"{pip_explanation(result.stderr or result.stdout)}")
     log.info("installed requirements=%s", requirements)
     return target
+
+
+PROGRESS = ("Collecting ", "Downloading ", "Using cached ", "Requirement already", "Obtaining ", "Processing ",
+            "Looking in ", "Installing collected", "Preparing metadata", "Getting requirements")
+EXPLANATION_LINES = 40
+
+
+def pip_explanation(output: str) -> str:
+    """pip's own account of a failure: every line but progress chatter, the last EXPLANATION_LINES of them."""
+    lines = [line for line in output.strip().splitlines() if line.strip() and not line.lstrip().startswith(PROGRESS)]
+    return "\n".join(lines[-EXPLANATION_LINES:])

@@ -1,9 +1,12 @@
 """Hard timeouts: the handler runs in a child process the runtime can kill.
 
-The child holds the function and the `context` (so `context.env` lives there between calls) and
-answers one JSON message per request over a pipe; nothing is pickled after start-up. An invocation
-that runs past HANDLER_TIMEOUT gets its worker killed; a handler that calls `os._exit()` or crashes
-ends only the worker. Either way the runtime starts a new worker from the last committed env.
+The child holds the function and the `context` (so `context.env` lives there between calls). The
+runtime sends a whole batch of samples in one message; the child answers one message per
+invocation as each finishes, tagged with its invocation id, so every invocation keeps its own
+deadline (measured from the previous reply) and a timeout costs only that invocation. Nothing is
+pickled. The child runs in its own process group, which is killed as a whole on timeout, restart and
+close, and it dies with the runtime (parent-death signal). Either way the runtime starts a new worker
+from the env it last had.
 """
 
 from __future__ import annotations
@@ -12,116 +15,94 @@ import dataclasses
 import json
 import logging
 import os
-import resource
-import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from multiprocessing.connection import Connection
 from typing import Any
 
-from runtime.context import Context
+from runtime.channel import Channel, ChannelClosed, ChannelTimeout
 from runtime.faults import Fault, record
-from runtime.function import FunctionSource, source_identity
-from runtime.invoke import EMPTY_ENV, EnvData, FunctionSettings, InvocationLost, Outcome, Request, call
-from runtime.invoke import decode_env, encode_env
+from runtime.function import Retry, source_identity
+from runtime.invoke import EMPTY_ENV, EnvData, FunctionSettings, InvocationLost, Outcome, Request
+from runtime.sandbox import child_environment, kill_group, wait_for_exit
 
-log = logging.getLogger("runtime.worker")
+log = logging.getLogger(__name__)
 
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)  # where `runtime` is importable from
 START_TIMEOUT = 120.0  # seconds a new worker may take to import the function (pandas, numpy…)
-
-
-def _serve(conn: Connection, settings: FunctionSettings, extra_paths: list[str]) -> None:
-    """The child: answer requests until the pipe closes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the runtime, which stops us itself
-    if settings.memory_mb:
-        # Allocation past the limit raises MemoryError in the handler: an error record, not a dead host.
-        limit = settings.memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-    sys.path[:0] = extra_paths
-    function = FunctionSource(settings.path, settings.handler, settings.unpack_dir)
-    context = Context(function_getmtime="", **settings.context_fields)
-    while True:
-        try:
-            request = json.loads(conn.recv_bytes())
-        except (EOFError, OSError):
-            return
-        op = request["op"]
-        if op == "invoke":
-            reply = call(function, context, settings, request["raw"], request["problem"], request["entry_id"])
-            if request.get("with_env"):  # the last of a batch: save the commit a round trip
-                reply["env"] = encode_env(context.env)
-        elif op == "load":
-            function.refresh()
-            current = function.current
-            reply = {"version": current.version if current else None, "error": function.error}
-        elif op == "env":
-            data, error = encode_env(context.env)
-            reply = {"env": data, "error": error}
-        elif op == "restore":
-            context.env = decode_env(request["env"])
-            last = request["last_execution"]
-            context.last_execution = datetime.fromisoformat(last) if last else None
-            reply = {}
-        else:
-            reply = {"unknown": op}
-        try:
-            conn.send_bytes(json.dumps(reply).encode())
-        except OSError:  # the runtime is gone
-            return
+EXIT_GRACE = 1.0  # seconds a worker that closed its socket gets to finish exiting, for its exit code
 
 
 class Worker:
     """The runtime's handle on its worker process; the same interface as invoke.InProcess."""
 
     def __init__(self, settings: FunctionSettings, timeout: float, extra_paths: list[str] | None = None) -> None:
-        self.settings = settings
+        # Absolute once, here: a handler that changes the working directory cannot move the function.
+        self.settings = dataclasses.replace(settings, path=Path(os.path.abspath(settings.path)),
+                                            unpack_dir=Path(os.path.abspath(settings.unpack_dir)))
         self.timeout = timeout
         self.extra_paths = extra_paths or []
         self.version: str | None = None
         self.error: str | None = None
         self._identity: tuple | None = None
         self._process: subprocess.Popen | None = None
-        self._conn: Connection | None = None
+        self._channel: Channel | None = None
+        self._next_id = 0  # the id of the next message or invocation sent to the worker
         self._env_data: str | None = EMPTY_ENV  # the env a new worker starts from (None: not durable, empty)
         self._last_execution: datetime | None = None
+        self._incidents: list[dict[str, Any]] = []
+        self._retry = Retry()
 
-    # --- the same interface as InProcess -----------------------------------------------------
+    # --- the Invoker interface -------------------------------------------------------------------
 
     def refresh(self) -> bool:
-        """(Re)start the worker if needed and reload the function when its files changed."""
+        """(Re)start the worker if needed and reload the function when its files changed or a load failed."""
+        if self._process is not None and not self._alive():
+            self._restart_dead_worker()
         identity = source_identity(self.settings.path)
-        if self._process is not None and identity == self._identity:
+        retry = self.error is not None and self._retry.due()
+        if self._process is not None and identity == self._identity and not retry:
             return False
         if self._process is None:
             self._start()
         self._identity = identity
-        previous = self.version
+        previous, failing = self.version, self.error is not None
         reply = self._request({"op": "load"}, START_TIMEOUT)
         self.version, self.error = reply["version"] or previous, reply["error"]
-        return reply["version"] is not None and reply["version"] != previous
+        if self.error is not None:
+            self._retry.failed()
+            return False
+        self._retry.succeeded()
+        return reply["version"] is not None and (reply["version"] != previous or failing)
 
     def invoke_batch(self, requests: Sequence[Request]) -> Iterator[Outcome]:
+        """Send the batch in one message; yield each outcome as its reply comes, each with its own deadline."""
+        if not requests:
+            return
+        if self._process is None or not self._alive():
+            self._restart_dead_worker()
+        first, last_execution = self._take_ids(len(requests)), self._last_execution
+        self._send({"op": "batch", "id": first, "requests": [[r.entry_id, r.raw, r.problem] for r in requests]})
         for index, request in enumerate(requests):
-            reply = self.invoke(request.raw, request.problem, request.entry_id, with_env=index == len(requests) - 1)
+            try:
+                reply = self._receive(first + index, self.timeout)
+            except InvocationLost as lost:
+                lost.error.update(sample_id=request.entry_id or "", sample_timestamp=_timestamp_of(request.raw))
+                raise
             env = reply.pop("env", None)
-            yield Outcome(**reply, env=EnvData(*env) if env is not None else None)
-
-    def invoke(self, raw: str | None, problem: str | None, entry_id: str | None,
-               with_env: bool = False) -> dict[str, Any]:
-        """One invocation's outcome; with `with_env`, also the env after it, as env_data() gives it."""
-        try:
-            return self._request({"op": "invoke", "raw": raw, "problem": problem, "entry_id": entry_id,
-                                  "with_env": with_env}, self.timeout)
-        except InvocationLost as lost:
-            lost.error.update(sample_id=entry_id or "", sample_timestamp=_timestamp_of(raw))
-            raise
+            outcome = Outcome(**reply, env=EnvData(*env) if env is not None else None)
+            if outcome.last_execution:
+                last_execution = datetime.fromisoformat(outcome.last_execution)
+            if outcome.env is not None:  # the batch is done: what a worker restarted while idle resumes from
+                self._env_data, self._last_execution = outcome.env.text, last_execution
+            yield outcome
 
     def env_data(self) -> EnvData:
+        if self._process is None:
+            return EnvData(self._env_data, None if self._env_data is not None else "the env was not durable")
         reply = self._request({"op": "env"}, START_TIMEOUT)
         return EnvData(reply["env"], reply["error"])
 
@@ -129,81 +110,113 @@ class Worker:
         """The env a worker starts from; sent now if one runs, else when the next one starts."""
         self._env_data, self._last_execution = env_data, last_execution
         if self._process is not None:
-            self._send_env()
+            try:
+                self._send_env()
+            except InvocationLost as lost:  # the next refresh() starts a new one from this env
+                log.warning("worker_lost during restore: %s", lost)
 
     def close(self) -> None:
-        if self._process is not None:
-            self._conn.close()
-            self._conn = None
-            try:
-                self._process.wait(2)  # it leaves when the socket closes
-            except subprocess.TimeoutExpired:
-                pass
-            self._kill()
+        self._kill()
+
+    def take_incidents(self) -> list[dict[str, Any]]:
+        """Error records of worker deaths no invocation caused (it died while idle); emptied by the call."""
+        incidents, self._incidents = self._incidents, []
+        return incidents
 
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
-    # --- the process ---------------------------------------------------------------------------
+    # --- the process -------------------------------------------------------------------------------
 
     def _start(self) -> None:
-        # A fresh interpreter (`python -m runtime.worker`), not fork: no locks copied from our threads;
+        # A fresh interpreter (`python -m runtime.serve`), not fork: no locks copied from our threads;
         # and not multiprocessing's spawn, which re-runs whatever script is __main__ in the child.
         ours, theirs = socket.socketpair()
         settings = json.dumps({**dataclasses.asdict(self.settings), "path": str(self.settings.path),
                                "unpack_dir": str(self.settings.unpack_dir), "extra_paths": self.extra_paths})
-        path = os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))
-        self._process = subprocess.Popen([sys.executable, "-m", "runtime.worker", str(theirs.fileno()), settings],
-                                         pass_fds=[theirs.fileno()], env={**os.environ, "PYTHONPATH": path})
+        env = child_environment(os.environ, PACKAGE_ROOT)
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "runtime.serve", str(theirs.fileno()), str(os.getpid()), settings],
+            pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL, start_new_session=True)
         theirs.close()
-        self._conn = Connection(ours.detach())
+        self._channel = Channel(ours)
         self._identity = None
         log.info("worker_started pid=%d timeout=%gs", self._process.pid, self.timeout)
         self._send_env()
+
+    def _restart_dead_worker(self) -> None:
+        """A worker gone between batches (or never started): a new one from the env after the last batch."""
+        if self._process is not None:
+            code = self._process.poll()
+            error = record(Fault.WORKER_DIED, f"the handler's process ended while idle (exit code {code}); "
+                           "restarted from the env after the last batch", None, None)
+            log.warning("worker_died_idle pid=%d exit_code=%s: restarting", self._process.pid, code)
+            self._incidents.append(error)
+            self._kill()
+        self.refresh()
+
+    def _alive(self) -> bool:
+        return not wait_for_exit(self._process, 0)
 
     def _send_env(self) -> None:
         last = self._last_execution.isoformat() if self._last_execution else None
         self._request({"op": "restore", "env": self._env_data, "last_execution": last}, START_TIMEOUT)
 
     def _kill(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait(5)
-        if self._conn is not None:
-            self._conn.close()
-        self._process, self._conn, self._identity = None, None, None
+        if self._channel is not None:
+            self._channel.close()
+        if self._process is not None:
+            kill_group(self._process)
+        self._process, self._channel, self._identity = None, None, None
+
+    # --- messages ----------------------------------------------------------------------------------
+
+    def _take_ids(self, count: int) -> int:
+        first, self._next_id = self._next_id, self._next_id + count
+        return first
 
     def _request(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
-        self._conn.send_bytes(json.dumps(message).encode())
+        message_id = self._take_ids(1)
+        self._send({**message, "id": message_id})
+        return self._receive(message_id, timeout)
+
+    def _send(self, message: dict[str, Any]) -> None:
         try:
-            if self._conn.poll(timeout):
-                return json.loads(self._conn.recv_bytes())
-        except (EOFError, OSError):
-            code = self._process.wait(5)
-            self._kill()
-            raise InvocationLost(record(Fault.WORKER_DIED, f"the handler's process ended (exit code {code}): "
-                                        "os._exit(), a crash or running out of memory", None, None)) from None
+            self._channel.send(message)
+        except ChannelClosed:
+            self._lost_worker("it closed its end before the request was sent")
+
+    def _receive(self, expected: int, timeout: float) -> dict[str, Any]:
+        """The reply with id `expected`; older replies (an abandoned batch, a forked copy) are dropped."""
+        while True:
+            try:
+                reply = self._channel.receive(timeout)
+            except ChannelTimeout:
+                self._kill()
+                raise InvocationLost(record(Fault.TIMEOUT, f"the handler ran past HANDLER_TIMEOUT={self.timeout:g}s "
+                                            "and was stopped", None, None)) from None
+            except ChannelClosed as closed:
+                self._lost_worker(str(closed))
+            reply_id = reply.pop("id", None) if isinstance(reply, dict) else None
+            if reply_id == expected:
+                return reply
+            if not isinstance(reply_id, int) or reply_id > expected:
+                self._lost_worker(f"it sent a reply out of order (id {reply_id!r}, expected {expected})")
+
+    def _lost_worker(self, how: str) -> None:
+        """Raise InvocationLost for a worker that ended or broke the protocol; its group is killed."""
+        process = self._process
+        ended = process is not None and wait_for_exit(process, EXIT_GRACE)
         self._kill()
-        raise InvocationLost(record(Fault.TIMEOUT, f"the handler ran past HANDLER_TIMEOUT={self.timeout:g}s "
-                                    "and was stopped", None, None))
+        code = process.returncode if ended else "none, it was stopped"
+        raise InvocationLost(record(Fault.WORKER_DIED, f"the handler's process ended (exit code {code}): "
+                                    f"os._exit(), a crash or running out of memory; {how}", None, None))
 
 
 def _timestamp_of(raw: str | None) -> str:
     try:
         value = json.loads(raw).get("timestamp") if raw else None
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return ""
     return value if isinstance(value, str) else ""
-
-
-def main(argv: list[str]) -> None:
-    """`python -m runtime.worker FD SETTINGS`: serve the runtime on the socket FD (started by Worker)."""
-    options = json.loads(argv[2])
-    extra_paths = options.pop("extra_paths")
-    settings = FunctionSettings(**{**options, "path": Path(options["path"]), "unpack_dir": Path(options["unpack_dir"])})
-    _serve(Connection(int(argv[1])), settings, extra_paths)
-
-
-if __name__ == "__main__":
-    main(sys.argv)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,6 +32,17 @@ hypothesis_settings.load_profile("ci")
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"  # sample payloads in the course's format
+
+
+def require_program(program: str, package: str) -> str:
+    """The path of a Debian program a suite needs: skipped without it, unless CI is set (then required)."""
+    path = shutil.which(program)
+    if path is None:
+        message = f"{program} is missing: sudo apt-get install -y {package}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message} (CI is set, so this suite is required)")
+        pytest.skip(message)
+    return path
 
 
 def fixture_path(name: str) -> Path:

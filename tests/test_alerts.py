@@ -9,6 +9,7 @@ import pytest
 
 from runtime.alerts.evaluate import AlertState, step
 from runtime.alerts.rules import load_rules
+from runtime.observe import Probes, serve
 from tests.alerts_support import (KEYS, add_sample, alerts_env, cursor_of, running_evaluator, status_of,
                                   transitions, write_rules)
 from tests.conftest import REPO_DIR, free_port, runtime_env, spawn, wait_for
@@ -37,15 +38,13 @@ def test_states_hold_what_fires_now_and_metrics_show_it(client, redis_url, tmp_p
     add_sample(client, 1, **{"virtual_memory-percent": 70, "cpu_percent-0": 99})
     port = free_port()
     with running_evaluator(alerts_env(redis_url, rules)) as evaluator:
-        from runtime.observe import serve
-        server = serve(port, evaluator.health, evaluator.metrics, evaluator.describe)
+        serve(port, Probes(evaluator.health, evaluator.metrics, evaluator.describe))  # a daemon thread
         wait_for(lambda: client.hlen(KEYS.states) == 2, what="two active alerts")
         states = {name: json.loads(text) for name, text in client.hgetall(KEYS.states).items()}
         assert states["cpu@"]["phase"] == "firing" and states["mem@"]["phase"] == "pending"
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
         assert 'alerts_firing{host="",rule="cpu",severity="critical"} 1.0' in metrics
         assert 'rule="mem"' not in metrics.split("alerts_firing")[2]  # pending is not firing
-        server.shutdown()
 
 
 def test_extras_and_outputs_are_values_too(client, redis_url, tmp_path):

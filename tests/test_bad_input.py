@@ -1,12 +1,21 @@
 """The bad-input classes the other suites do not already cover; docs/bad-input.md lists them all."""
 
 import json
+import os
+import subprocess
+import sys
+import threading
 import time
+from datetime import datetime, timedelta, timezone
 
 import redis
 
-from tests.conftest import (REPO_DIR, errors, make_samples, outputs, publish, running_runtime, runtime_env, spawn,
-                            wait_for, write_function)
+from runtime import schema
+from runtime.config import RuntimeConfig, connect
+from runtime.loop import Runtime, make_invoker
+from tests.conftest import (REPO_DIR, errors, free_port, make_samples, outputs, publish, running_runtime, runtime_env,
+                            spawn, wait_for, write_function)
+from tests.test_operations import http_get
 
 USERMODULE = REPO_DIR / "usermodule.py"
 
@@ -34,18 +43,19 @@ def test_an_unparsable_timestamp_is_an_error_record(client, redis_url):
     assert record["sample_id"] == ids[0]
 
 
-def test_a_non_numeric_field_is_an_error_record(client, redis_url):
-    ids = run_usermodule_on(client, redis_url, [dict(make_samples(1)[0], **{"cpu_percent-0": "high"})])
-    assert "TypeError" in errors(client, "out")[0]["message"] and errors(client, "out")[0]["sample_id"] == ids[0]
+def test_a_non_numeric_field_is_skipped_by_the_example_function(client, redis_url):
+    run_usermodule_on(client, redis_url, [dict(make_samples(1)[0], **{"cpu_percent-0": "high"})])
+    (_, output), = outputs(client, "out")
+    assert "avg-util-cpu0-60sec" not in output and "avg-util-cpu1-60sec" in output and not errors(client, "out")
 
 
-def test_nan_and_infinity_in_the_input_reach_the_output_check(client, redis_url):
+def test_nan_and_infinity_in_the_input_are_skipped_by_the_example_function(client, redis_url):
     text = json.dumps(make_samples(1)[0]).replace('"cpu_percent-0": 7.8', '"cpu_percent-0": NaN')
     text = text.replace('"cpu_percent-1": 23.3', '"cpu_percent-1": Infinity')
-    ids = run_usermodule_on(client, redis_url, [text])
-    (record,) = errors(client, "out")
-    assert record["fault"] == "output_not_json" and "not JSON compliant" in record["message"]
-    assert record["sample_id"] == ids[0]
+    run_usermodule_on(client, redis_url, [text])
+    (_, output), = outputs(client, "out")
+    assert not {"avg-util-cpu0-60sec", "avg-util-cpu1-60sec"} & set(output) and "avg-util-cpu2-60sec" in output
+    assert not errors(client, "out")
 
 
 def test_a_10_mb_sample_is_handled(client, redis_url):
@@ -98,4 +108,151 @@ def test_redis_out_of_memory_is_waited_out_with_nothing_lost(own_valkey, process
     assert "command not allowed when used memory > 'maxmemory'" in (tmp_path / "runtime.log").read_text()
     client.config_set("maxmemory", "0")
     wait_for(lambda: len(outputs(client, "out")) == 5, timeout=30)
+    assert [i for i, _ in outputs(client, "out")] == ids
+
+
+# --- keys of the wrong type: a problem in the status naming the key, never a half-applied commit -----
+
+def problem(client) -> str:
+    return client.hget("out:status", "problem") or ""
+
+
+def test_an_output_stream_of_the_wrong_type_commits_nothing_at_all(client, redis_url):
+    ids = publish(client, make_samples(2))
+    with running_runtime(runtime_env(redis_url, USERMODULE)) as runtime:
+        wait_for(lambda: len(outputs(client, "out")) == 2)
+        state, latest = client.get("out:state"), client.get("out")
+        client.delete("out:stream")
+        client.set("out:stream", "not a stream")  # someone writes a string where the outputs go
+        ids += publish(client, make_samples(5)[2:])
+        wait_for(lambda: "'out:stream' is a string, the runtime needs a stream" in problem(client))
+        assert client.hget("out:status", "state") == "stalled"
+        wait_for(lambda: not runtime.health.alive, timeout=15, what="/healthz to fail while samples wait")
+        assert (client.get("out:state"), client.get("out")) == (state, latest), "a half-applied commit"
+        assert client.hget("out:status", "invocations") == "2"
+        client.delete("out:stream")
+        wait_for(lambda: len(outputs(client, "out")) == 3)
+        wait_for(lambda: runtime.health.alive and client.hget("out:status", "state") == "running")
+    assert [i for i, _ in outputs(client, "out")] == ids[2:] and problem(client) == ""
+
+
+def test_a_checkpoint_of_the_wrong_type_at_start_is_a_problem_naming_it(client, redis_url, caplog):
+    client.hset("out:state", "cursor", "0-0")
+    publish(client, make_samples(1))
+    with running_runtime(runtime_env(redis_url, USERMODULE)) as runtime:
+        wait_for(lambda: "'out:state' is a hash, the runtime needs a string" in problem(client))
+        assert not runtime.ready and "'out:state' is a hash" in runtime.describe()
+    assert not client.exists("out:stream") and not client.exists("out")
+    assert "stalled problem=key 'out:state' is a hash" in caplog.text
+
+
+def test_an_input_stream_of_the_wrong_type_is_a_problem_naming_it(client, redis_url):
+    client.set("metrics:stream", "a string")
+    with running_runtime(runtime_env(redis_url, USERMODULE)):
+        wait_for(lambda: "'metrics:stream' is a string, the runtime needs a stream" in problem(client))
+        client.delete("metrics:stream")
+        publish(client, make_samples(1))
+        wait_for(lambda: len(outputs(client, "out")) == 1)
+
+
+def test_a_lease_of_the_wrong_type_is_a_problem_naming_it(client, redis_url):
+    client.rpush("out:lease", "x")
+    publish(client, make_samples(1))
+    with running_runtime(runtime_env(redis_url, USERMODULE)):
+        wait_for(lambda: "'out:lease' is a list, the runtime needs a string" in problem(client))
+        assert not outputs(client, "out")
+        client.delete("out:lease")
+        wait_for(lambda: len(outputs(client, "out")) == 1)
+
+
+# --- bytes that are not UTF-8, zoned times, a failing step ------------------------------------------
+
+def test_bytes_that_are_not_utf8_in_a_stream_entry_cost_only_that_entry(client, redis_url):
+    raw = redis.Redis.from_url(redis_url)  # no decoding: write the bytes as they are
+    good = make_samples(3)
+    bad_value = raw.xadd("metrics:stream", {"sample": b'{"timestamp": "\xff\xfe"}'})
+    bad_name = raw.xadd("metrics:stream", {b"\xff\xfe": b"x", "sample": json.dumps(good[1]).encode()})
+    last = publish(client, [good[2]])[0]
+    with running_runtime(runtime_env(redis_url, USERMODULE)):
+        wait_for(lambda: client.hget("out:status", "invocations") == "3")
+    assert [i for i, _ in outputs(client, "out")] == [bad_name.decode(), last]
+    [error] = errors(client, "out")
+    assert (error["fault"], error["sample_id"]) == ("input_invalid", bad_value.decode())
+    assert "not UTF-8" in error["message"]
+
+
+def test_a_host_id_that_is_not_utf8_is_skipped_and_counted(client, redis_url, processes, tmp_path):
+    redis.Redis.from_url(redis_url).hset("metrics:hosts", mapping={b"bad-\xff": b"1", b"good": b"1"})
+    log = open(tmp_path / "runtime.log", "w")
+    port = free_port()
+    processes.append(spawn("runtime", runtime_env(redis_url, USERMODULE, HTTP_PORT=str(port)), stderr=log))
+    publish(client, make_samples(1), schema.Keys().for_host("good"))
+    wait_for(lambda: len(outputs(client, "out:good")) == 1, timeout=30)
+    assert processes[0].poll() is None
+    assert "host_ignored host='bad-\\udcff'" in (tmp_path / "runtime.log").read_text()
+    status, metrics = http_get(port, "/metrics")
+    assert status == 200 and "runtime_hosts_skipped_total 1.0" in metrics
+
+
+def test_zoned_timestamps_give_the_true_lag_in_any_time_zone(client, redis_url, processes):
+    now = datetime.now(timezone.utc)
+    samples = make_samples(2)
+    samples[0]["timestamp"] = (now - timedelta(seconds=100)).isoformat()  # +00:00
+    samples[1]["timestamp"] = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    publish(client, samples)
+    processes.append(spawn("runtime", runtime_env(redis_url, "usermodule.py", TZ="Asia/Tokyo")))
+    wait_for(lambda: client.hget("out:status", "invocations") == "2", timeout=30)
+    assert 100 <= float(client.hget("out:status", "lag_seconds")) < 160  # the oldest sample's, not 32,400 s
+
+
+def test_a_password_with_a_slash_in_the_url_is_a_clear_configuration_error(redis_url):
+    result = subprocess.run([sys.executable, "-m", "runtime"], cwd=REPO_DIR, capture_output=True, text=True,
+                            timeout=30, env={**os.environ, "REDIS_URL": "redis://:pa/ss#w?rd@127.0.0.1:6379"})
+    assert result.returncode == 2
+    assert "percent-encode them in the URL (/ as %2F, # as %23, ? as %3F)" in result.stderr
+    assert "pa/ss" not in result.stderr + result.stdout and "rd@" not in result.stderr + result.stdout
+
+
+class FailingOnce:
+    """An invoker whose runtime side fails once at one sample, as a bug of ours would."""
+
+    def __init__(self, inner, at: int) -> None:
+        self.inner, self.at, self.calls = inner, at, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def invoke_batch(self, requests):
+        for outcome in self.inner.invoke_batch(requests):
+            self.calls += 1
+            if self.calls == self.at:
+                raise RuntimeError("a bug on the runtime's side")
+            yield outcome
+
+
+def test_a_step_that_fails_unexpectedly_costs_one_sample_and_the_loop_goes_on(client, redis_url, caplog):
+    config = RuntimeConfig.from_env(runtime_env(redis_url, USERMODULE, HANDLER_TIMEOUT="0", BATCH_SIZE="1"))
+    stop = threading.Event()
+    runtime = Runtime(config, connect(config.redis, client_name="test"), stop, FailingOnce(make_invoker(config), 2))
+    ids = publish(client, make_samples(4))
+    thread = threading.Thread(target=runtime.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: client.hget("out:status", "invocations") == "4")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert [i for i, _ in outputs(client, "out")] == [ids[0], ids[2], ids[3]]
+    [error] = errors(client, "out")
+    assert error["sample_id"] == ids[1] and "RuntimeError: a bug on the runtime's side" in error["message"]
+    assert "step_failed error=RuntimeError" in caplog.text and "Traceback" in caplog.text
+    assert runtime.metrics.loop_errors._value.get() == 1
+
+
+def test_a_runtime_clock_25_h_ahead_does_not_trim_the_outputs(client, redis_url, monkeypatch):
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 25 * 3600)  # retention is measured on Redis's clock
+    ids = publish(client, make_samples(3))
+    with running_runtime(runtime_env(redis_url, USERMODULE, RETENTION_SECONDS="3600", HANDLER_TIMEOUT="0")):
+        wait_for(lambda: client.hget("out:status", "invocations") == "3")
     assert [i for i, _ in outputs(client, "out")] == ids

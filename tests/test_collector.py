@@ -126,6 +126,12 @@ def test_the_collector_command_publishes_every_interval_and_stops_on_sigterm(cli
     times = [schema.parse_timestamp(json.loads(f["sample"])["timestamp"]) for _, f in client.xrange("metrics:stream")]
     gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
     assert all(0.3 < gap < 1.5 for gap in gaps), gaps
+    entries = client.xrange("metrics:stream")
+    assert all(json.loads(f["extra"]).get("load_avg-1") is not None for _, f in entries)
+    assert json.loads(client.get("metrics")) == json.loads(entries[-1][1]["sample"])  # no extras in the course's value
+    for tier in schema.ROLLUP_TIERS:  # open buckets are written when the collector stops
+        frame, malformed = schema.tier_to_frame(client.xrange(f"metrics:rollup:{tier}"))
+        assert malformed == 0 and frame["count"].sum() == len(entries)
 
 
 def test_an_interval_under_half_a_second_is_refused(redis_url):

@@ -35,7 +35,7 @@ def test_keys_of_a_host():
         "metrics:node-1.example", "metrics:node-1.example:stream", "s1-proj3-output:node-1.example",
         "s1-proj3-output:node-1.example:state")
     assert schema.Keys().hosts == "metrics:hosts"
-    with pytest.raises(ConfigError, match="HOST_ID: host id 'a:b' must be non-empty, without ':'"):
+    with pytest.raises(ConfigError, match="HOST_ID: host id 'a:b' must be 1 to 253 letters, digits"):
         CollectorConfig.from_env({"HOST_ID": "a:b"})
 
 

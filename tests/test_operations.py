@@ -3,7 +3,9 @@
 import base64
 import hashlib
 import json
+import os
 import signal
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import redis
 
+from runtime.observe import HTTP_IDLE_SECONDS, HTTP_THREADS
 from tests.conftest import free_port, make_samples, outputs, publish, runtime_env, spawn, wait_for, write_function
 
 
@@ -156,3 +159,39 @@ def test_samples_trimmed_before_they_were_read_are_reported(client, redis_url, t
     assert "runtime_stream_gaps_total 1.0" in http_get(port, "/metrics")[1]
     assert f"samples_skipped after={ids[0]} before={ids[4]}" in (tmp_path / "runtime.log").read_text()
     assert client.hget("out:status", "last_gap") == f"after {ids[0]}, before {ids[4]}"
+
+
+def test_requirements_install_after_the_probes_are_up(redis_url, tmp_path, processes):
+    index = socket.socket()  # an index that accepts connections and never answers: pip waits
+    index.bind(("127.0.0.1", 0))
+    index.listen(16)
+    (tmp_path / "requirements.txt").write_text(f"--index-url http://127.0.0.1:{index.getsockname()[1]}/simple\n"
+                                               "nothing-to-find\n")
+    port = free_port()
+    env = runtime_env(redis_url, "usermodule.py", NEW_REQUERIMENTS=str(tmp_path / "requirements.txt"),
+                      WORK_DIR=str(tmp_path / "work"), HTTP_PORT=str(port))
+    processes.append(spawn("runtime", env))
+    try:
+        wait_for(lambda: http_get(port, "/readyz") == (503, "not ready: installing requirements\n"), timeout=30)
+        assert http_get(port, "/healthz") == (200, "ok\n")
+    finally:
+        index.close()
+
+
+def test_idle_http_connections_are_closed_and_threads_bounded(client, redis_url, processes):
+    port = free_port()
+    process = spawn("runtime", runtime_env(redis_url, "usermodule.py", HTTP_PORT=str(port)))
+    processes.append(process)
+    wait_for(lambda: http_get(port, "/readyz")[0] == 200)
+    threads = lambda: len(os.listdir(f"/proc/{process.pid}/task"))  # noqa: E731
+    before = threads()
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(200)]
+    try:
+        time.sleep(1)
+        assert threads() <= before + HTTP_THREADS
+        wait_for(lambda: http_get(port, "/healthz") == (200, "ok\n"), timeout=HTTP_IDLE_SECONDS + 10,
+                 what="the idle connections to be closed")
+        assert threads() <= before + HTTP_THREADS
+    finally:
+        for connection in idle:
+            connection.close()

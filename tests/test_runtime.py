@@ -7,6 +7,8 @@ from datetime import datetime
 
 import pytest
 
+from runtime.status import Mode
+
 from tests.conftest import (fixture_path, make_samples, outputs, publish, running_runtime, runtime_env, wait_for, write_function)
 
 CONTEXT_PROBE = '''
@@ -110,7 +112,7 @@ def handler(input, context):
         assert json.loads(client.get("out")) == {"n": 1, "ts": samples[0]["timestamp"]}
         client.set("metrics", json.dumps(samples[1]))
         wait_for(lambda: json.loads(client.get("out"))["n"] == 2)
-        assert not runtime.stream_mode
+        assert runtime.reader.mode is Mode.POLL
     assert client.hget("out:status", "mode") == "poll"
 
 

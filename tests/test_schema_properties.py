@@ -67,3 +67,34 @@ def test_anything_else_is_refused_with_sample_error_only(payload):
 def test_deep_nesting_is_refused_not_crashing():
     with pytest.raises(schema.SampleError, match="not JSON"):
         schema.parse_sample("[" * 100_000 + "]" * 100_000)
+
+
+# --- readers of stream entries, host ids (issues 13 and 15) ------------------------------------------
+
+raw_values = st.one_of(st.binary(max_size=60), st.text(max_size=60), samples().map(schema.encode_sample))
+entry_fields = st.dictionaries(st.sampled_from([b"sample", b"extra", b"count", b"\xff", "sample", "extra"]),
+                               raw_values, max_size=4)
+
+
+@given(st.lists(st.tuples(st.integers(1, 10**6).map(lambda n: f"{n}-0".encode()), entry_fields), max_size=8))
+def test_stream_readers_never_raise_whatever_the_entries_hold(entries):
+    for read in (schema.entries_to_frame, schema.tier_to_frame):
+        frame, malformed = read(entries)
+        assert len(frame) + malformed >= sum(1 for _, fields in entries if fields) - len(entries)
+        assert malformed <= len(entries)
+
+
+@given(st.text(max_size=300) | st.binary(max_size=80))
+def test_a_host_id_either_is_refused_or_derives_keys_no_other_id_can_reach(host):
+    keys = schema.Keys(output="out")
+    try:
+        derived = keys.for_host(host)
+    except ValueError:
+        return
+    own = {derived.input, derived.input_stream, derived.top, derived.output, derived.state, derived.status,
+           derived.errors, derived.lease, derived.output_stream, *(derived.rollup(t) for t in schema.ROLLUP_TIERS)}
+    shared = {keys.input, keys.input_stream, keys.hosts, keys.top, keys.output, keys.state, keys.status, keys.errors,
+              keys.lease, keys.output_stream, *(keys.rollup(t) for t in schema.ROLLUP_TIERS)}
+    assert not own & shared
+    assert all(key.count(":") == base.count(":") + 1 for key, base in ((derived.input, keys.input),
+                                                                     (derived.output, keys.output)))

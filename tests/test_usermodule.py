@@ -1,12 +1,13 @@
 """The example function against values computed by hand from the fixtures."""
 
 import json
+import math
 from types import SimpleNamespace
 
 import pytest
 
 import usermodule
-from runtime import schema
+from runtime import envcodec, schema
 from tests.conftest import fixture_path, fixture_samples, make_samples
 
 
@@ -79,3 +80,22 @@ def test_runs_on_the_reference_runtime_shape_of_context():
 
     outputs, _ = run(fixture_samples()[:5], ReferenceContext())
     assert len(outputs) == 5
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e999, "50", None, True, 10**400],
+                         ids=["nan", "infinity", "1e999", "string", "null", "bool", "huge-int"])
+def test_a_bad_value_is_skipped_and_never_poisons_later_outputs_or_the_checkpoint(bad):
+    samples = fixture_samples()[:4]
+    poisoned = [samples[0], dict(samples[1], **{"cpu_percent-0": bad, "net_io_counters_eth0-bytes_sent": bad,
+                                                "virtual_memory-total": bad}), *samples[2:]]
+    outputs, context = run(poisoned)
+    clean, _ = run([samples[0], dict(samples[1], **{"cpu_percent-0": 7.1}), *samples[2:]])
+    assert "avg-util-cpu0-60sec" not in outputs[1] and "percent-network-egress" not in outputs[1]
+    assert "percent-memory-cache" not in outputs[1] and "avg-util-cpu1-60sec" in outputs[1]
+    without = [samples[0], *samples[2:]]  # what the windows hold: the poisoned sample's CPU 0 skipped
+    expected = sum(s["cpu_percent-0"] for s in without) / 3
+    assert outputs[-1]["avg-util-cpu0-60sec"] == pytest.approx(expected)
+    assert outputs[-1]["percent-network-egress"] == pytest.approx(clean[-1]["percent-network-egress"])
+    assert all(math.isfinite(v) for output in outputs for v in output.values())
+    envcodec.dumps(context.env)  # the checkpoint stores it, finite
+    assert "nan" not in envcodec.dumps(context.env) and "inf" not in envcodec.dumps(context.env)

@@ -14,7 +14,6 @@ from runtime.config import DEFAULT_LEASE_SECONDS, ConfigError, RedisSettings, Ru
 DEFAULT_RULES_FILE = "alerts.yaml"
 DEFAULT_GRACE_SECONDS = 120.0  # a rule whose value has not appeared by then is reported
 DEFAULT_WEBHOOK_TIMEOUT = 5.0
-EXTRA_FIELD = "extra"  # the input-stream entry's second field (common contract); moves to schema.py
 
 
 @dataclass(frozen=True)

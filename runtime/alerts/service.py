@@ -19,7 +19,7 @@ import redis
 
 from runtime import schema
 from runtime.alerts import sources
-from runtime.alerts.config import EXTRA_FIELD, AlertsConfig
+from runtime.alerts.config import AlertsConfig
 from runtime.alerts.evaluate import AlertState, Phase, Transition, retire, step
 from runtime.alerts.metrics import AlertsMetrics
 from runtime.alerts.notify import Receiver, start_receivers
@@ -28,7 +28,7 @@ from runtime.alerts.sources import HostKeys
 from runtime.alerts.store import AlertStore, Batch, Checkpoint, HostCursor
 from runtime.alerts.values import json_object, value_of
 from runtime.alerts.watch import Coverage, RuleWatcher
-from runtime.config import BACKOFF_CAP_SECONDS, BLOCK_SECONDS
+from runtime.config import BACKOFF_CAP_SECONDS
 from runtime.lease import Lease, LeaseLost
 from runtime.observe import Health
 from runtime.status import HEARTBEAT_SECONDS, now_text
@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 
 HOSTS_SECONDS = 2.0  # how soon a new host is followed
 TIMER_SECONDS = 1.0  # how often the runtime's figures (lag, errors, seconds since a sample) are looked at
+BLOCK_SECONDS = 1.0  # longest wait for new entries: the timer's resolution, and how soon a stop is noticed
 READ_COUNT = 512  # entries per stream per read
-SOURCE_FIELDS = {"sample": schema.SAMPLE_FIELD, "extra": EXTRA_FIELD}
+SOURCE_FIELDS = {"sample": schema.SAMPLE_FIELD, "extra": schema.EXTRA_FIELD}
 
 
 class Evaluator:
@@ -67,7 +68,7 @@ class Evaluator:
         backoff = 0.1
         try:
             while not self.stop.is_set():
-                self.health.beat()
+                self.health.progress()
                 try:
                     self._step()
                     backoff = 0.1

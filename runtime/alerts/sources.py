@@ -33,17 +33,9 @@ class HostKeys:
 def discover(client: redis.Redis, keys: schema.Keys) -> tuple[list[HostKeys], int]:
     """The plain keys (when anything was published there) and every valid host of the registry; and how
     many registry entries were not valid host ids (skipped)."""
-    hosts = []
-    if client.exists(keys.input_stream, keys.input):
-        hosts.append(HostKeys("", keys))
-    invalid = 0
-    for host in sorted(client.hkeys(keys.hosts)):
-        try:
-            hosts.append(HostKeys(host, keys.for_host(host)))
-        except ValueError as error:
-            invalid += 1
-            log.debug("host_skipped host=%r error=%s", host, error)
-    return hosts, invalid
+    hosts = [HostKeys("", keys)] if client.exists(keys.input_stream, keys.input) else []
+    valid, invalid = schema.valid_host_ids(client.hkeys(keys.hosts))
+    return hosts + [HostKeys(host, keys.for_host(host)) for host in valid], invalid
 
 
 def server_ms(client: redis.Redis) -> int:

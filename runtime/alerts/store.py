@@ -15,7 +15,7 @@ import redis
 
 from runtime.alerts.config import AlertKeys
 from runtime.alerts.evaluate import AlertState, Phase, Transition
-from runtime.lease import Lease
+from runtime.lease import Lease, LeaseLost
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class AlertStore:
     def commit(self, batch: Batch) -> list[str]:
         """Store the batch in one fenced transaction; the transitions' stream ids. Raises LeaseLost."""
         pipe = self.client.pipeline(transaction=True)
-        self.lease.fence(pipe)
+        self._fence(pipe)
         for transition in batch.transitions:
             pipe.xadd(self.keys.transitions, transition.fields(), maxlen=TRANSITIONS_KEPT, approximate=True)
         stored = {state_field(*key): s.to_json() for key, s in batch.states.items() if s.phase != Phase.INACTIVE}
@@ -103,6 +103,15 @@ class AlertStore:
             pipe.hset(self.keys.cursors, mapping={host: c.to_json() for host, c in batch.cursors.items()})
         replies = pipe.execute()
         return [str(reply) for reply in replies[:len(batch.transitions)]]
+
+    def _fence(self, pipe: redis.client.Pipeline) -> None:
+        """Start a transaction that executes only while we hold the lease (WATCH it, check it, MULTI)."""
+        pipe.watch(self.lease.key)
+        if pipe.get(self.lease.key) != self.lease.holder:
+            pipe.reset()
+            self.lease.held = False
+            raise LeaseLost(f"the lease {self.lease.key} is held by another evaluator")
+        pipe.multi()
 
 
 def _text(value: object) -> str | None:

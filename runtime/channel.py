@@ -1,0 +1,94 @@
+"""Length-prefixed JSON messages over a socket, for the runtime and its worker process.
+
+Every reference the channel uses is bound when it is built, before any user code runs, so a handler
+that replaces `json.dumps`, `sys.modules["json"]` or socket methods cannot change what goes over it.
+Reads are buffered: a burst of replies costs one system call, not one per reply.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import time
+from typing import Any
+
+HEADER = struct.Struct("!I")  # the length of the JSON body that follows
+MAX_MESSAGE = 2**32 - 1
+CHUNK = 1 << 18
+
+
+class ChannelClosed(Exception):
+    """The other end closed the socket or it failed; `reason` says how."""
+
+
+class ChannelTimeout(Exception):
+    """No message came within the time allowed."""
+
+
+class Channel:
+    """One end of a socket pair carrying JSON objects."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._sendall, self._recv, self._settimeout = sock.sendall, sock.recv, sock.settimeout
+        self._dumps, self._loads = json.dumps, json.loads
+        self._pack, self._unpack = HEADER.pack, HEADER.unpack_from
+        self._monotonic = time.monotonic
+        self._buffer = bytearray()
+
+    def send(self, message: Any) -> None:
+        """Send one JSON value; ChannelClosed when the other end is gone."""
+        body = self._dumps(message).encode()
+        if len(body) > MAX_MESSAGE:
+            raise ValueError(f"message of {len(body):,} bytes is over {MAX_MESSAGE:,}")
+        try:
+            self._settimeout(None)
+            self._sendall(self._pack(len(body)) + body)
+        except OSError as error:
+            raise ChannelClosed(f"send failed: {error}") from None
+
+    def receive(self, timeout: float | None = None) -> Any:
+        """The next JSON value; ChannelTimeout after `timeout` seconds, ChannelClosed at the end."""
+        deadline = None if timeout is None else self._monotonic() + timeout
+        while True:
+            body = self._frame()
+            if body is not None:
+                try:
+                    return self._loads(body.decode())  # text: json skips guessing the encoding
+                except (ValueError, RecursionError) as error:
+                    raise ChannelClosed(f"unreadable message ({error})") from None
+            self._fill(deadline)
+
+    def _frame(self) -> bytes | None:
+        buffer = self._buffer
+        if len(buffer) < HEADER.size:
+            return None
+        (length,) = self._unpack(buffer)
+        end = HEADER.size + length
+        if len(buffer) < end:
+            return None
+        body = bytes(buffer[HEADER.size:end])
+        del buffer[:end]
+        return body
+
+    def _fill(self, deadline: float | None) -> None:
+        remaining = None if deadline is None else deadline - self._monotonic()
+        if remaining is not None and remaining <= 0:
+            raise ChannelTimeout()
+        try:
+            self._settimeout(remaining)
+            data = self._recv(CHUNK)
+        except TimeoutError:
+            raise ChannelTimeout() from None
+        except OSError as error:
+            raise ChannelClosed(f"receive failed: {error}") from None
+        if not data:
+            raise ChannelClosed("the other end closed the connection")
+        self._buffer += data
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def fileno(self) -> int:
+        return self._sock.fileno()

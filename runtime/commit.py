@@ -1,0 +1,109 @@
+"""The commit: a batch's outputs, error records, checkpoint and status counters, all or nothing.
+
+One server-side script, one round trip. It first checks the lease fence and the type of every key
+it writes, and returns without writing anything when one is wrong; only then does it write. The
+output stream is trimmed by age on the server's own clock (`TIME`), never the runtime's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import redis
+
+from runtime import schema
+from runtime.checkpoint import Checkpoint, MemoryCheckpoints
+from runtime.config import ERRORS_KEPT
+from runtime.keytypes import KeyTypeError
+from runtime.lease import LeaseLost
+
+log = logging.getLogger(__name__)
+
+# KEYS: lease, output, output stream, errors stream, state, status.
+# ARGV: holder, retention ms, errors kept, state JSON, latest output ('' for none), then three
+# counted lists: output-stream entries and error entries (each a count of fields then the pairs),
+# status fields (pairs) and status counters (pairs).
+COMMIT = """
+local expected = {'string', 'string', 'stream', 'stream', 'string', 'hash'}
+for i, key in ipairs(KEYS) do
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= expected[i] then return {'wrongtype', key, found, expected[i]} end
+end
+local holder = redis.call('GET', KEYS[1])
+if holder ~= ARGV[1] then return {'lease', tostring(holder)} end
+local now = redis.call('TIME')
+local minid = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[2]))
+local i = 6
+local function entries(add)
+  local count = tonumber(ARGV[i]); i = i + 1
+  for _ = 1, count do
+    local n = tonumber(ARGV[i]); i = i + 1
+    add({unpack(ARGV, i, i + n - 1)}); i = i + n
+  end
+end
+entries(function(pairs) redis.call('XADD', KEYS[3], 'MINID', '~', minid, '*', unpack(pairs)) end)
+entries(function(pairs) redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', unpack(pairs)) end)
+if ARGV[5] ~= '' then redis.call('SET', KEYS[2], ARGV[5]) end
+redis.call('SET', KEYS[5], ARGV[4])
+local count = tonumber(ARGV[i]); i = i + 1
+if count > 0 then redis.call('HSET', KEYS[6], unpack(ARGV, i, i + 2 * count - 1)) end
+i = i + 2 * count
+count = tonumber(ARGV[i]); i = i + 1
+for _ = 1, count do redis.call('HINCRBY', KEYS[6], ARGV[i], ARGV[i + 1]); i = i + 2 end
+return {'ok'}
+"""
+
+
+@dataclass
+class Effects:
+    """Everything one commit writes besides the checkpoint."""
+
+    outputs: list[dict[str, str]] = field(default_factory=list)  # output-stream entries
+    errors: list[dict[str, str]] = field(default_factory=list)  # error records
+    latest_output: str | None = None
+    status: dict[str, str] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+class Committer:
+    """Runs the commit script for one output key, fenced by the lease `holder`."""
+
+    def __init__(self, client: redis.Redis, keys: schema.Keys, retention_seconds: float) -> None:
+        self.keys = keys
+        self.retention_ms = int(retention_seconds * 1000)
+        self._script = client.register_script(COMMIT)
+
+    def commit(self, holder: str, checkpoint: Checkpoint, env_error: str | None, effects: Effects) -> None:
+        """Apply every write or none; LeaseLost or KeyTypeError say why none."""
+        keys = [self.keys.lease, self.keys.output, self.keys.output_stream, self.keys.errors, self.keys.state,
+                self.keys.status]
+        args: list[str | int] = [holder, self.retention_ms, ERRORS_KEPT, checkpoint.to_json(env_error), effects.latest_output or ""]
+        for entries in (effects.outputs, effects.errors):
+            args.append(len(entries))
+            for entry in entries:
+                args += [2 * len(entry), *_pairs(entry)]
+        for mapping in (effects.status, effects.counters):
+            args += [len(mapping), *_pairs(mapping)]
+        reply = self._script(keys=keys, args=args)
+        outcome = [part.decode() if isinstance(part, bytes) else part for part in reply]
+        if outcome[0] == "wrongtype":
+            raise KeyTypeError(*outcome[1:4])
+        if outcome[0] == "lease":
+            raise LeaseLost(f"the lease {self.keys.lease} is held by {outcome[1]!r}, not by this runtime")
+
+
+def _pairs(mapping: Mapping[str, object]) -> Sequence[str]:
+    return [str(part) for item in mapping.items() for part in item]
+
+
+class MemoryCommitter:
+    """No output key: the checkpoint is kept in memory (the env stays in the invoker), nothing is stored."""
+
+    def __init__(self, checkpoints: MemoryCheckpoints) -> None:
+        self.checkpoints = checkpoints
+
+    def commit(self, holder: str, checkpoint: Checkpoint, env_error: str | None, effects: Effects) -> None:
+        self.checkpoints.latest = dataclasses.replace(checkpoint, env_text=None)

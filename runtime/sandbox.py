@@ -1,0 +1,83 @@
+"""What keeps a worker process apart from the runtime: its environment, its process group, its lifetime."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+SECRETS = ("REDIS_PASSWORD", "REDISCLI_AUTH")  # never handed to user code
+URL_VARIABLES = ("REDIS_URL",)  # kept, without the password in them
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def child_environment(environ: Mapping[str, str], package_root: str) -> dict[str, str]:
+    """The worker's environment: ours without Redis credentials, with `runtime` importable."""
+    env = {name: value for name, value in environ.items() if name not in SECRETS}
+    for name in URL_VARIABLES:
+        if name in env:
+            url = without_password(env[name])
+            if url is None:
+                del env[name]
+            else:
+                env[name] = url
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, environ.get("PYTHONPATH")]))
+    return env
+
+
+def without_password(url: str) -> str | None:
+    """The URL with any user name and password removed; None when it cannot be parsed."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return None
+    if "@" not in parts.netloc:
+        return url
+    host = f"[{host}]" if ":" in host else host
+    return urlunsplit(parts._replace(netloc=host + port))
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to kill this process when the runtime dies; exit now if it already has."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent_pid:  # it died before the request took effect
+        os._exit(1)
+
+
+def wait_for_exit(process: subprocess.Popen, timeout: float) -> bool:
+    """Whether the process has ended within `timeout` seconds, without reaping it.
+
+    Not reaping keeps its process id, and so its group id, from being reused until kill_group().
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:  # reaped already
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL the process and everything in its group (what the handler started), then reap it."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:  # unkillable (stuck in the kernel): leave it, never block the loop
+        pass

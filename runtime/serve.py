@@ -1,0 +1,126 @@
+"""The worker process: `python -m runtime.serve FD PARENT_PID SETTINGS`, started by worker.Worker.
+
+It answers the runtime over the socket FD until the socket closes: `load` (re)loads the function,
+`restore` sets the env, `env` returns it, `batch` runs samples and sends one reply per invocation as
+each finishes, tagged with the invocation's id. Every reference the protocol needs is bound before
+user code loads; the handler's prints are captured per invocation; fd 1 and 2 lead nowhere, so
+nothing the handler (or a process it starts) prints reaches the runtime's log.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import logging
+import os
+import resource
+import signal
+import socket
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from runtime.capture import Tail
+from runtime.channel import Channel, ChannelClosed
+from runtime.config import configure_logging
+from runtime.context import Context
+from runtime.function import FunctionSource
+from runtime.invoke import OUTPUT_TAIL, FunctionSettings, Request, call, decode_env, encode_env
+from runtime.sandbox import die_with_parent
+
+log = logging.getLogger(__name__)
+
+_getpid, _exit = os.getpid, os._exit  # bound before user code: a handler cannot replace them for us
+
+
+class Server:
+    """The function, its context and the channel to the runtime."""
+
+    def __init__(self, channel: Channel, settings: FunctionSettings) -> None:
+        self.channel = channel
+        self.settings = settings
+        self.function = FunctionSource(settings.path, settings.handler, settings.unpack_dir)
+        self.context = Context(function_getmtime="", **settings.context_fields)
+        self.tail = Tail(OUTPUT_TAIL)
+        self.pid = _getpid()
+
+    def serve(self) -> None:
+        """Answer requests until the runtime closes the socket."""
+        while True:
+            try:
+                message = self.channel.receive()
+            except ChannelClosed:
+                return
+            op, message_id = message.get("op"), message.get("id")
+            if op == "batch":
+                self.run_batch(message_id, message["requests"])
+            else:
+                self.reply({**self.answer(op, message), "id": message_id})
+
+    def run_batch(self, first: int, requests: list[list[Any]]) -> None:
+        for index, (entry_id, raw, problem) in enumerate(requests):
+            outcome = call(self.function, self.context, self.settings, Request(entry_id, raw, problem), self.tail)
+            if index == len(requests) - 1:  # the last of a batch carries the env: it saves the commit a round trip
+                outcome["env"] = encode_env(self.context.env)
+            self.reply({**outcome, "id": first + index})
+
+    def answer(self, op: str, message: dict[str, Any]) -> dict[str, Any]:
+        if op == "load":
+            self.function.refresh(retry=True)
+            current = self.function.current
+            return {"version": current.version if current else None, "error": self.function.error}
+        if op == "env":
+            data, error = encode_env(self.context.env)
+            return {"env": data, "error": error}
+        if op == "restore":
+            self.context.env = decode_env(message["env"])
+            last = message["last_execution"]
+            self.context.last_execution = datetime.fromisoformat(last) if last else None
+            return {}
+        return {"unknown": op}
+
+    def reply(self, message: dict[str, Any]) -> None:
+        if _getpid() != self.pid:  # a copy the handler forked: only the worker itself answers
+            _exit(0)
+        try:
+            self.channel.send(message)
+        except ChannelClosed:  # the runtime is gone
+            _exit(0)
+
+
+def _quiet_standard_streams() -> TextIO:
+    """Point fd 1 and 2 at /dev/null; return a stream on the runtime's stderr for our own log lines."""
+    log_stream = os.fdopen(os.dup(2), "w", buffering=1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    return log_stream
+
+
+def _configure(log_stream: TextIO, settings: FunctionSettings) -> None:
+    configure_logging(os.environ)  # the runtime's format and level: one formatted line per event
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(log_stream)
+    faulthandler.enable(file=log_stream)  # a crash in C code still says where
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the runtime, which stops us itself
+    if settings.memory_mb:
+        # Allocation past the limit raises MemoryError in the handler: an error record, not a dead host.
+        limit = settings.memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+
+def main(argv: list[str]) -> None:
+    die_with_parent(int(argv[2]))
+    options = json.loads(argv[3])
+    sys.path[:0] = options.pop("extra_paths")
+    settings = FunctionSettings(**{**options, "path": Path(options["path"]), "unpack_dir": Path(options["unpack_dir"])})
+    _configure(_quiet_standard_streams(), settings)
+    channel = Channel(socket.socket(fileno=int(argv[1])))
+    Server(channel, settings).serve()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

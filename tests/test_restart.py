@@ -1,0 +1,122 @@
+"""Back at once: a restart on the same host takes its dead predecessor's lease, long batches keep theirs."""
+
+import json
+import os
+import signal
+import threading
+import time
+import urllib.request
+
+from runtime.lease import Holder, process_start
+from tests.conftest import (free_port, make_samples, outputs, publish, running_runtime, runtime_env, spawn, wait_for,
+                            write_function)
+
+ECHO = "def handler(input, context):\n    return {'ts': input['timestamp']}\n"
+
+
+def handled_timestamps(client) -> set[str]:
+    return {output["ts"] for _, output in outputs(client, "out")}
+
+
+def ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+class Feeder(threading.Thread):
+    """SETs a new sample on the plain key every 0.25 s, as the course's collector does (no stream)."""
+
+    def __init__(self, client) -> None:
+        super().__init__(daemon=True)
+        self.client, self.stop, self.published = client, threading.Event(), []
+
+    def run(self) -> None:
+        for sample in make_samples(10_000, step_seconds=0.25):
+            if self.stop.wait(0.25):
+                return
+            self.client.set("metrics", json.dumps(sample))
+            self.published.append((time.monotonic(), sample["timestamp"]))
+
+
+def test_kill_9_then_restart_takes_the_lease_at_once_and_polling_loses_nothing(client, redis_url, tmp_path,
+                                                                               processes):
+    path = write_function(tmp_path, ECHO)
+    port = free_port()
+    env = runtime_env(redis_url, path, INTERVAL="0.05", LEASE_SECONDS="30", HTTP_PORT=str(port))
+    feeder = Feeder(client)
+    feeder.start()
+    try:
+        restart_while_feeding(client, env, port, feeder, processes)
+    finally:
+        feeder.stop.set()
+        feeder.join()
+
+
+def restart_while_feeding(client, env, port, feeder, processes):
+    processes.append(spawn("runtime", env))
+    wait_for(lambda: len(outputs(client, "out")) >= 4, timeout=30)
+    processes[-1].send_signal(signal.SIGKILL)
+    processes[-1].wait(10)
+    restarted = time.monotonic()
+    processes.append(spawn("runtime", env))
+    wait_for(lambda: ready(port), timeout=20, what="the restarted runtime to be ready")
+    ready_at = time.monotonic()
+    first = handled_timestamps(client)
+    wait_for(lambda: handled_timestamps(client) - first, timeout=10,
+             what="an output from the restarted runtime (a lease of 30 s must not be waited out)")
+    assert time.monotonic() - restarted < 15
+    time.sleep(2)  # eight more samples
+    feeder.stop.set()
+    feeder.join()
+    last = feeder.published[-1][1]
+    wait_for(lambda: last in handled_timestamps(client), timeout=10)
+    handled = [output["ts"] for _, output in outputs(client, "out")]
+    after = [ts for moment, ts in feeder.published if moment > ready_at]
+    assert [ts for ts in after if ts not in handled] == [], "samples published after the restart were lost"
+    assert len(handled) == len(set(handled)), "a sample was handled twice"
+
+
+def test_a_6_s_handler_commits_with_the_default_lease(client, redis_url, tmp_path):
+    path = write_function(tmp_path, "import time\n\ndef handler(input, context):\n    time.sleep(6)\n"
+                                    "    return {'ts': input['timestamp']}\n")
+    ids = publish(client, make_samples(1))
+    with running_runtime(runtime_env(redis_url, path, LEASE_SECONDS="")) as runtime:
+        assert runtime.config.lease_seconds == 5
+        wait_for(lambda: outputs(client, "out"), timeout=30, what="the 6 s invocation to commit")
+    assert [i for i, _ in outputs(client, "out")] == ids
+
+
+def test_a_stream_created_after_the_start_is_noticed_within_a_second(client, redis_url, tmp_path):
+    path = write_function(tmp_path, ECHO)
+    with running_runtime(runtime_env(redis_url, path, INTERVAL="30")) as runtime:
+        wait_for(lambda: runtime.ready)
+        ids = publish(client, make_samples(1))
+        wait_for(lambda: outputs(client, "out"), timeout=5, what="the stream to be noticed (INTERVAL is 30 s)")
+    assert [i for i, _ in outputs(client, "out")] == ids
+
+
+def test_a_stop_wakes_the_blocking_read(client, redis_url, tmp_path):
+    path = write_function(tmp_path, ECHO)
+    publish(client, make_samples(1))
+    with running_runtime(runtime_env(redis_url, path, BLOCK_SECONDS="5")) as runtime:
+        wait_for(lambda: outputs(client, "out"))
+        time.sleep(0.2)  # now blocked in XREAD for up to 5 s
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < 4, "the stop waited for the read's block to end"
+    assert runtime.reader.block_ms == 5000
+
+
+def test_a_holder_is_gone_only_when_its_process_provably_is():
+    me = Holder.of_this_process()
+    same_place = dict(host=me.host, namespace=me.namespace, nonce="other")
+    assert Holder(pid=me.pid, started="1.00", **same_place).gone(me)  # this very pid, another start: a restart
+    assert not Holder(pid=os.getppid(), started=process_start(os.getppid()), **same_place).gone(me)  # alive
+    dead = spawn("runtime", {"HELP": "1", "REDIS_URL": "bad"})
+    dead.wait(30)
+    assert Holder(pid=dead.pid, started="2.00", **same_place).gone(me)
+    assert not Holder(me.host + "-elsewhere", dead.pid, "2.00", me.namespace, "x").gone(me)  # another machine
+    assert not Holder(me.host, me.pid, me.started, me.namespace, me.nonce).gone(me)  # ourselves
+    assert Holder.parse(me.text()) == me and Holder.parse("garbage") is None

@@ -1,0 +1,356 @@
+"""Handlers cannot break the runtime through its worker: protocol, output, processes, credentials, reloads."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import redis
+
+from runtime.faults import FunctionLoadError
+from runtime.function import FunctionSource
+from runtime.invoke import FunctionSettings, InvocationLost, Request
+from runtime.status import ERROR_MESSAGE_MAX, ERROR_OUTPUT_MAX, ERROR_TRACEBACK_MAX
+from runtime.worker import Worker
+from tests.conftest import (REPO_DIR, errors, make_samples, outputs, publish, running_runtime, runtime_env, spawn,
+                            wait_for, write_function)
+
+COUNTING = '''
+def handler(input, context):
+    context.env["n"] = context.env.get("n", 0) + 1
+    return {"ts": input["timestamp"], "n": context.env["n"]}
+'''
+
+
+def alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def counted_in_order(client, samples):
+    return [(o["ts"], o["n"]) for _, o in outputs(client, "out")] == [
+        (s["timestamp"], n) for n, s in enumerate(samples, 1)]
+
+
+@pytest.mark.parametrize("sabotage", [
+    'json.dumps = lambda *a, **k: "{}"',
+    'json.loads = lambda *a, **k: {"id": -1}',
+    'sys.modules["json"] = None',
+    'socket.socket.sendall = lambda *a: None',
+], ids=["json-dumps", "json-loads", "sys-modules-json", "socket-sendall"])
+def test_a_handler_replacing_what_the_protocol_uses_does_not_desynchronise_replies(
+        client, redis_url, tmp_path, sabotage):
+    path = write_function(tmp_path, f'''
+import json, socket, sys
+
+def handler(input, context):
+    context.env["n"] = context.env.get("n", 0) + 1
+    result = {{"ts": input["timestamp"], "n": context.env["n"]}}
+    {sabotage}
+    return result
+''')
+    samples = make_samples(20)
+    publish(client, samples[:5])
+    with running_runtime(runtime_env(redis_url, path)):
+        wait_for(lambda: len(outputs(client, "out")) == 5)
+        publish(client, samples[5:])
+        wait_for(lambda: len(outputs(client, "out")) == 20)
+    assert counted_in_order(client, samples) and not errors(client, "out")
+
+
+def test_a_handler_that_forks_does_not_shift_outputs(client, redis_url, tmp_path):
+    path = write_function(tmp_path, '''
+import os
+
+def handler(input, context):
+    context.env["n"] = context.env.get("n", 0) + 1
+    os.fork()  # both copies return; only the worker itself may answer
+    return {"ts": input["timestamp"], "n": context.env["n"]}
+''')
+    samples = make_samples(10)
+    publish(client, samples)
+    with running_runtime(runtime_env(redis_url, path)):
+        wait_for(lambda: len(outputs(client, "out")) == 10)
+        time.sleep(0.5)  # a stray reply would land now
+    assert counted_in_order(client, samples) and not errors(client, "out")
+
+
+PRINTING = '''
+import sys
+
+def handler(input, context):
+    chunk = "spam " * 20_000 + "\\n"
+    for _ in range(1000):  # 100 MB
+        sys.stdout.write(chunk)
+    print("the last words", file=sys.stderr)
+    if input.get("fail"):
+        raise ValueError("after printing")
+    return {"ok": 1}
+'''
+
+
+def test_prints_are_captured_per_invocation_capped_and_never_reach_the_runtime_log(client, redis_url, tmp_path,
+                                                                                    processes):
+    path = write_function(tmp_path, PRINTING)
+    samples = make_samples(3)
+    samples[1]["fail"] = True
+    ids = publish(client, samples)
+    log = tmp_path / "runtime.log"
+    with open(log, "w") as sink:
+        processes.append(spawn("runtime", runtime_env(redis_url, path), stdout=sink, stderr=sink))
+        wait_for(lambda: client.hget("out:status", "invocations") == "3", timeout=60)
+    (record,) = errors(client, "out")
+    assert record["sample_id"] == ids[1] and record["message"] == "ValueError: after printing"
+    assert record["output"].endswith("the last words\n") and len(record["output"]) <= ERROR_OUTPUT_MAX
+    assert "earlier characters not kept" in record["output"]
+    assert log.stat().st_size < 100_000 and "spam" not in log.read_text()
+
+
+HANGING_WITH_CHILDREN = '''
+import os, subprocess, sys, time
+
+def handler(input, context):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)"])
+    with open(os.path.join(os.path.dirname(__file__), "pids"), "a") as pids:
+        pids.write(f"{os.getpid()} {child.pid}\\n")
+    if input.get("hang"):
+        time.sleep(1000)
+    return {"ok": 1}
+'''
+
+
+def read_pids(directory: Path) -> list[int]:
+    return [int(p) for p in (directory / "pids").read_text().split()] if (directory / "pids").exists() else []
+
+
+def test_a_timeout_kills_the_handlers_whole_process_group(client, redis_url, tmp_path):
+    path = write_function(tmp_path, HANGING_WITH_CHILDREN)
+    publish(client, [dict(make_samples(1)[0], hang=True)] + make_samples(1))
+    with running_runtime(runtime_env(redis_url, path, HANDLER_TIMEOUT="1")):
+        wait_for(lambda: outputs(client, "out"), timeout=20)
+        hung_worker, hung_child = read_pids(tmp_path)[:2]
+        wait_for(lambda: not alive(hung_worker) and not alive(hung_child), timeout=10, what="the hung group gone")
+    assert errors(client, "out")[0]["fault"] == "timeout"
+    wait_for(lambda: not any(alive(pid) for pid in read_pids(tmp_path)), timeout=10, what="every child gone at stop")
+
+
+def test_the_worker_and_its_children_die_with_the_runtime(client, redis_url, tmp_path, processes):
+    path = write_function(tmp_path, HANGING_WITH_CHILDREN)
+    publish(client, make_samples(1))
+    processes.append(spawn("runtime", runtime_env(redis_url, path)))
+    wait_for(lambda: outputs(client, "out"), timeout=30)
+    worker, child = read_pids(tmp_path)
+    processes[0].send_signal(signal.SIGKILL)
+    processes[0].wait(10)
+    wait_for(lambda: not alive(worker), timeout=10, what="the worker to die with the runtime")
+    os.kill(child, signal.SIGKILL)  # an orphan of the killed worker: the parent-death signal covers the worker only
+
+
+def test_a_worker_that_dies_while_idle_is_restarted_from_the_env_after_the_last_batch(client, redis_url, tmp_path):
+    path = write_function(tmp_path, COUNTING.replace('    return', '    context.env["pid"] = __import__("os").getpid()\n'
+                                                     '    return'))
+    samples = make_samples(6)
+    publish(client, samples[:3])
+    with running_runtime(runtime_env(redis_url, path)) as runtime:
+        wait_for(lambda: len(outputs(client, "out")) == 3)
+        pid = json.loads(client.get("out:state"))["env"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not alive(pid))
+        publish(client, samples[3:])
+        wait_for(lambda: len(outputs(client, "out")) == 6)
+        incidents = runtime.invoker.take_incidents()
+    assert counted_in_order(client, samples) and not errors(client, "out")
+    assert [i["fault"] for i in incidents] == ["worker_died"] and "while idle" in incidents[0]["message"]
+
+
+def make_worker(tmp_path, source=COUNTING, timeout=5.0):
+    path = write_function(tmp_path, source)
+    settings = FunctionSettings(path=path, handler="handler", unpack_dir=tmp_path / "unpacked", output_max_bytes=10**6,
+                                context_fields={"host": "localhost", "port": 6379, "input_key": "metrics",
+                                                "output_key": "out"})
+    worker = Worker(settings, timeout)
+    worker.refresh()
+    return worker
+
+
+def test_every_request_to_a_dead_worker_raises_invocation_lost_never_oserror(tmp_path):
+    worker = make_worker(tmp_path)
+    raw = json.dumps(make_samples(1)[0])
+    try:
+        assert next(iter(worker.invoke_batch([Request("1-1", raw)]))).output
+        os.kill(worker.pid, signal.SIGKILL)
+        with pytest.raises(InvocationLost, match="process ended"):
+            worker.env_data()  # the env fetched for a commit
+        worker.refresh()
+        os.kill(worker.pid, signal.SIGKILL)
+        time.sleep(0.2)
+        worker.restore('{"n": 41}', None)  # no error: the next start uses it
+        worker.refresh()
+        (outcome,) = worker.invoke_batch([Request("1-2", raw)])
+        assert json.loads(outcome.output)["n"] == 42
+    finally:
+        worker.close()
+
+
+def test_a_timeout_mid_batch_costs_only_that_invocation_and_each_has_its_own_deadline(tmp_path):
+    worker = make_worker(tmp_path, '''
+import time
+
+def handler(input, context):
+    time.sleep(float(input.get("sleep", 0)))
+    return {"slept": input.get("sleep", 0)}
+''', timeout=1.0)
+    samples = [dict(s, sleep=0.6) for s in make_samples(4)]  # 2.4 s in all, each under its own 1 s
+    samples[2]["sleep"] = 100
+    requests = [Request(f"1-{i}", json.dumps(s)) for i, s in enumerate(samples)]
+    done = []
+    try:
+        with pytest.raises(InvocationLost) as lost:
+            for outcome in worker.invoke_batch(requests):
+                done.append(outcome)
+        assert len(done) == 2 and lost.value.error["fault"] == "timeout"
+        assert lost.value.error["sample_id"] == "1-2"
+        worker.refresh()
+        assert [o.output for o in worker.invoke_batch(requests[3:])] == ['{"slept": 0.6}']
+    finally:
+        worker.close()
+
+
+def test_error_records_are_capped_and_say_so(client, redis_url, tmp_path):
+    path = write_function(tmp_path, '''
+def handler(input, context):
+    raise ValueError("x" * 5_000_000)
+''')
+    publish(client, make_samples(1))
+    with running_runtime(runtime_env(redis_url, path)):
+        wait_for(lambda: errors(client, "out"))
+    (record,) = errors(client, "out")
+    assert len(record["message"]) <= ERROR_MESSAGE_MAX + 40 and "characters cut]" in record["message"]
+    assert len(record["traceback"]) <= ERROR_TRACEBACK_MAX + 40 and record["traceback"].startswith("[")
+    assert len(json.dumps(json.loads(client.hget("out:status", "last_error")))) < 30_000
+
+
+CREDENTIALS = '''
+import os
+
+def handler(input, context):
+    return {name: os.environ.get(name) for name in ("REDIS_PASSWORD", "REDIS_URL", "REDISCLI_AUTH")} | {
+        "host": context.host, "port": context.port}
+'''
+
+
+@pytest.mark.parametrize("style", ["url", "password-variable"])
+def test_the_worker_holds_no_redis_credentials(own_valkey, tmp_path, style):
+    server = own_valkey()
+    redis.Redis(port=server.port).config_set("requirepass", "s3cret-pw")
+    path = write_function(tmp_path, CREDENTIALS)
+    if style == "url":
+        env = runtime_env(f"redis://:s3cret-pw@127.0.0.1:{server.port}/0", path)
+    else:
+        env = runtime_env("", path, REDIS_HOST="127.0.0.1", REDIS_PORT=str(server.port), REDIS_PASSWORD="s3cret-pw")
+        del env["REDIS_URL"]
+    client = redis.Redis(port=server.port, password="s3cret-pw", decode_responses=True)
+    publish(client, make_samples(1))
+    os.environ["REDISCLI_AUTH"] = "s3cret-pw"
+    try:
+        with running_runtime(env):
+            wait_for(lambda: outputs(client, "out"))
+    finally:
+        del os.environ["REDISCLI_AUTH"]
+    (_, output), = outputs(client, "out")
+    assert "s3cret" not in json.dumps(output)
+    assert output["host"] == "127.0.0.1" and output["port"] == server.port
+    assert output["REDIS_URL"] in (None, f"redis://127.0.0.1:{server.port}/0")
+
+
+@pytest.mark.parametrize("timeout", ["5", "0"], ids=["worker", "in-process"])
+def test_a_handler_changing_the_working_directory_does_not_break_hot_reload(client, redis_url, tmp_path, processes,
+                                                                            timeout):
+    source = '''
+import os
+
+def handler(input, context):
+    os.chdir("/")
+    return {"version": 1}
+'''
+    path = write_function(tmp_path, source)
+    env = runtime_env(redis_url, Path("usermodule.py"), HANDLER_TIMEOUT=timeout)
+    processes.append(subprocess.Popen([sys.executable, "-m", "runtime"], cwd=tmp_path,
+                                      env={**os.environ, "PYTHONPATH": str(REPO_DIR), **env}))
+    publish(client, make_samples(1))
+    wait_for(lambda: outputs(client, "out"), timeout=30)
+    path.write_text(source.replace('"version": 1', '"version": 2'))
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    publish(client, make_samples(1))
+    wait_for(lambda: len(outputs(client, "out")) == 2, timeout=30)
+    assert [o["version"] for _, o in outputs(client, "out")] == [1, 2]
+    assert client.hget("out:status", "function_error") in (None, "")
+
+
+def test_many_processes_unpacking_one_zip_at_once_all_load_it(tmp_path):
+    archive = tmp_path / "function.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("usermodule.py", "def handler(input, context):\n    return {'v': 1}\n")
+        for i in range(200):
+            zipped.writestr(f"data/file{i}.txt", "x" * 10_000)
+    script = ("import sys, time; from pathlib import Path; from runtime.function import load_function\n"
+              "time.sleep(max(0, float(sys.argv[1]) - time.time()))\n"
+              "print(load_function(Path(sys.argv[2]), 'handler', Path(sys.argv[3])).version)\n")
+    start = str(time.time() + 3)  # all at once, after the imports
+    runs = [subprocess.Popen([sys.executable, "-c", script, start, str(archive), str(tmp_path / "unpacked")],
+                             cwd=REPO_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(12)]
+    results = [run.communicate(timeout=60) for run in runs]
+    assert all(run.returncode == 0 for run in runs), [err for _, err in results if err]
+    assert len({out for out, _ in results}) == 1
+    left = [p.name for p in (tmp_path / "unpacked").iterdir()]
+    assert len(left) == 1 and left[0].startswith("zip-"), left  # one copy, no staging directory left behind
+
+
+def test_a_failed_reload_is_retried_without_a_file_change(tmp_path, monkeypatch):
+    monkeypatch.setattr("runtime.function.RETRY_FIRST", 0.1)
+    archive = tmp_path / "function.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("usermodule.py", "def handler(input, context):\n    return {'v': 1}\n")
+    blocker = tmp_path / "unpacked"
+    blocker.write_text("a file where the unpack directory should be")  # unpacking fails, as on a full disk
+    source = FunctionSource(archive, "handler", blocker)
+    assert not source.refresh() and "cannot be read" in source.error
+    blocker.unlink()
+    wait_for(lambda: source.refresh(), timeout=5, what="the retry to load it")
+    assert source.error is None and source.current.handler({}, None) == {"v": 1}
+
+
+def test_integers_beyond_the_digit_limit_are_an_input_invalid_record(client, redis_url, tmp_path):
+    path = write_function(tmp_path, COUNTING)
+    sample = make_samples(1)[0]
+    huge = json.dumps(sample)[:-1] + ', "big": 1' + "0" * 5000 + "}"
+    ids = publish(client, [huge] + make_samples(2)[1:])
+    with running_runtime(runtime_env(redis_url, path)):
+        wait_for(lambda: len(outputs(client, "out")) == 1)
+    (record,) = errors(client, "out")
+    assert record["fault"] == "input_invalid" and "number Python cannot read" in record["message"]
+    assert record["sample_id"] == ids[0] and outputs(client, "out")[0][1]["n"] == 1
+
+
+def test_the_worker_logs_like_the_runtime_one_line_per_event(client, redis_url, tmp_path, processes):
+    path = write_function(tmp_path, "def handler(input, context)\n    return {}\n")  # a syntax error
+    log = tmp_path / "runtime.log"
+    with open(log, "w") as sink:
+        processes.append(spawn("runtime", runtime_env(redis_url, path), stderr=sink))
+        wait_for(lambda: client.hget("out:status", "state") == "function_error", timeout=30)
+        write_function(tmp_path, COUNTING)
+        publish(client, make_samples(1))
+        wait_for(lambda: outputs(client, "out"), timeout=30)
+    lines = log.read_text().splitlines()
+    assert len([line for line in lines if "SyntaxError" in line]) == 1, lines
+    (loaded,) = [line for line in lines if "function_loaded" in line]
+    assert " INFO runtime.function function_loaded " in loaded
