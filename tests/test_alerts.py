@@ -293,3 +293,21 @@ rules:
     processes[0].send_signal(signal.SIGTERM)  # the collector stops
     assert processes[0].wait(15) == 0
     wait_for(lambda: "collector-down" in fired(), timeout=30, what="collector-down firing")
+
+
+@pytest.mark.parametrize("key, webhooks", [(KEYS.states, ""), (KEYS.cursors, ""), (KEYS.transitions, ""),
+                                           (KEYS.transitions, "http://127.0.0.1:9/never")],
+                         ids=["states", "cursors", "transitions", "transitions-with-a-webhook"])
+def test_a_key_of_the_wrong_type_stores_nothing_until_it_is_fixed(client, redis_url, tmp_path, key, webhooks):
+    """Redis applies the rest of a MULTI/EXEC when one command fails: the commit must check first."""
+    rules = write_rules(tmp_path, MEMORY_RULES.replace("for: 10s", "for: 0s"))
+    client.set(key, "in the way")
+    add_sample(client, 1, **{"virtual_memory-percent": 70})
+    with running_evaluator(alerts_env(redis_url, rules, ALERT_WEBHOOKS=webhooks)):
+        problem = wait_for(lambda: status_of(client).get("problem"), what="the problem in the status")
+        assert f"key {key!r} is a string" in problem
+        assert key == KEYS.transitions or client.xlen(KEYS.transitions) == 0
+        client.delete(key)
+        wait_for(lambda: cursor_of(client).get("input") == "1000-0", what="the sample evaluated")
+        wait_for(lambda: status_of(client).get("problem") == "", what="the problem cleared")
+    assert transitions(client) == [("mem", "", "firing", 1000)]

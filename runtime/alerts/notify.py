@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis
 
+from runtime import keytypes
 from runtime.alerts.config import AlertKeys, AlertsConfig, safe_url
 from runtime.alerts.evaluate import NOTIFIED, Phase
 from runtime.lease import Lease
@@ -175,6 +176,9 @@ class Receiver(threading.Thread):
 def start_receivers(config: AlertsConfig, client: redis.Redis, lease: Lease, stop: threading.Event,
                     on_result: Any = None) -> list[Receiver]:
     """A thread per webhook; a webhook never seen before starts after the newest transition."""
+    if not config.webhooks:
+        return []
+    keytypes.check(client, config.alert_keys.transitions, "stream")  # KeyTypeError: the evaluator reports it
     newest = client.xrevrange(config.alert_keys.transitions, count=1)
     for url in config.webhooks:
         client.hsetnx(config.alert_keys.deliveries, delivery_field(url), newest[0][0] if newest else "0-0")

@@ -29,6 +29,7 @@ from runtime.alerts.store import AlertStore, Batch, Checkpoint, HostCursor
 from runtime.alerts.values import json_object, value_of
 from runtime.alerts.watch import Coverage, RuleWatcher
 from runtime.config import BACKOFF_CAP_SECONDS
+from runtime.keytypes import KeyTypeError
 from runtime.lease import Lease, LeaseLost
 from runtime.observe import Health
 from runtime.status import HEARTBEAT_SECONDS, now_text
@@ -60,6 +61,7 @@ class Evaluator:
         self._retired: dict[str, Rule] = {}  # rules of the previous file, to end their alerts
         self._hosts_read = self._timer_ran = self._reported = 0.0
         self._logged: set[tuple[str, str]] = set()  # problems already logged
+        self.problem: str | None = None  # what keeps the evaluator from storing anything
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -72,6 +74,9 @@ class Evaluator:
                 try:
                     self._step()
                     backoff = 0.1
+                except KeyTypeError as error:  # someone's key where ours should be: nothing was written
+                    self._stalled(str(error))
+                    self.stop.wait(1.0)
                 except redis.RedisError as error:
                     self._forget("redis_unavailable", error)
                     self.stop.wait(backoff)
@@ -98,6 +103,17 @@ class Evaluator:
         if isinstance(error, redis.RedisError):
             log.warning("%s url=%s error=%s", event, self.config.redis.safe_url(), error)
 
+    def _stalled(self, problem: str) -> None:
+        """Nothing can be stored until this is fixed: say so in the log (once) and the status."""
+        self.checkpoint = None
+        if problem != self.problem:
+            log.error("stalled problem=%s", problem)
+        self.problem = problem
+        try:
+            self.client.hset(self.keys.status, mapping={"problem": problem, "heartbeat": now_text()})
+        except redis.RedisError as error:
+            log.warning("status_not_written error=%s", error)
+
     def _step(self) -> None:
         if not self.lease.hold():
             self.checkpoint = None
@@ -116,6 +132,9 @@ class Evaluator:
         self._timer(batch)
         if batch:
             self._commit(batch)
+        if self.problem is not None and self.checkpoint is not None:
+            log.info("problem_solved was=%s", self.problem)
+            self.problem, self._reported = None, 0.0
         self._report()
 
     def _reload_rules(self) -> None:
@@ -319,7 +338,7 @@ class Evaluator:
             "rules": json.dumps([rule.describe() for rule in self.watcher.rules]),
             "rule_problems": json.dumps(problems), "hosts": str(len(self.hosts)),
             "hosts_invalid": str(self.invalid_hosts), "firing": str(phases.count(Phase.FIRING)),
-            "pending": str(phases.count(Phase.PENDING)),
+            "pending": str(phases.count(Phase.PENDING)), "problem": self.problem or "",
         })
 
     def describe(self) -> str:

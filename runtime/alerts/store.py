@@ -1,8 +1,10 @@
 """What the evaluator has seen and decided, stored all at once: transitions, states and cursors.
 
-One MULTI/EXEC, fenced by the evaluator's lease, holds a batch's transitions (XADD), the alerts'
-new states (HSET/HDEL) and the cursors of the streams read. A crash leaves all of it or none; a
-replica that lost the lease cannot store anything. So each transition is stored exactly once.
+One server-side script holds a batch's transitions (XADD), the alerts' new states (HSET/HDEL) and
+the cursors of the streams read. It first checks the lease and the type of every key it writes
+(Redis would apply the rest of a MULTI/EXEC in which one command fails), then writes. A crash
+leaves all of it or none; a replica that lost the lease stores nothing. So each transition is
+stored exactly once.
 """
 
 from __future__ import annotations
@@ -15,11 +17,43 @@ import redis
 
 from runtime.alerts.config import AlertKeys
 from runtime.alerts.evaluate import AlertState, Phase, Transition
+from runtime import keytypes
+from runtime.keytypes import KeyTypeError
 from runtime.lease import Lease, LeaseLost
 
 log = logging.getLogger(__name__)
 
 TRANSITIONS_KEPT = 10_000  # entries of the transitions stream (a receiver further behind loses the oldest)
+
+# KEYS: lease, transitions, states, cursors. ARGV: holder, entries kept, then counted lists: the
+# transitions (each a count of fields then the pairs), states to set (pairs), states to clear,
+# cursors (pairs). Replies {'ok', id...}, or why nothing was written.
+COMMIT = """
+local expected = {'string', 'stream', 'hash', 'hash'}
+for i, key in ipairs(KEYS) do
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= expected[i] then return {'wrongtype', key, found, expected[i]} end
+end
+local holder = redis.call('GET', KEYS[1])
+if holder ~= ARGV[1] then return {'lease', tostring(holder)} end
+local reply, i = {'ok'}, 4
+for _ = 1, tonumber(ARGV[3]) do
+  local n = tonumber(ARGV[i]); i = i + 1
+  reply[#reply + 1] = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, i, i + n - 1))
+  i = i + n
+end
+local function pairs_into(key)  -- one HSET per pair: no unpack limit on thousands of alerts
+  local n = tonumber(ARGV[i]); i = i + 1
+  for j = i, i + 2 * n - 1, 2 do redis.call('HSET', key, ARGV[j], ARGV[j + 1]) end
+  i = i + 2 * n
+end
+pairs_into(KEYS[3])
+local cleared = tonumber(ARGV[i]); i = i + 1
+for j = i, i + cleared - 1 do redis.call('HDEL', KEYS[3], ARGV[j]) end
+i = i + cleared
+pairs_into(KEYS[4])
+return reply
+"""
 
 
 @dataclass(frozen=True)
@@ -68,9 +102,13 @@ class AlertStore:
         self.client = client
         self.keys = keys
         self.lease = lease
+        self._commit = client.register_script(COMMIT)
 
     def load(self) -> Checkpoint:
-        """The stored states and cursors; an unreadable entry is logged and left out."""
+        """The stored states and cursors; an unreadable entry is logged and left out (KeyTypeError for a
+        key of another type)."""
+        keytypes.check(self.client, self.keys.states, "hash")
+        keytypes.check(self.client, self.keys.cursors, "hash")
         checkpoint = Checkpoint()
         for name, text in self.client.hgetall(self.keys.states).items():
             rule, _, host = name.partition("@")
@@ -88,30 +126,27 @@ class AlertStore:
         return checkpoint
 
     def commit(self, batch: Batch) -> list[str]:
-        """Store the batch in one fenced transaction; the transitions' stream ids. Raises LeaseLost."""
-        pipe = self.client.pipeline(transaction=True)
-        self._fence(pipe)
-        for transition in batch.transitions:
-            pipe.xadd(self.keys.transitions, transition.fields(), maxlen=TRANSITIONS_KEPT, approximate=True)
+        """Store the batch all at once; the transitions' stream ids. LeaseLost or KeyTypeError: nothing stored."""
         stored = {state_field(*key): s.to_json() for key, s in batch.states.items() if s.phase != Phase.INACTIVE}
         cleared = [state_field(*key) for key, s in batch.states.items() if s.phase == Phase.INACTIVE]
-        if stored:
-            pipe.hset(self.keys.states, mapping=stored)
-        if cleared:
-            pipe.hdel(self.keys.states, *cleared)
-        if batch.cursors:
-            pipe.hset(self.keys.cursors, mapping={host: c.to_json() for host, c in batch.cursors.items()})
-        replies = pipe.execute()
-        return [str(reply) for reply in replies[:len(batch.transitions)]]
-
-    def _fence(self, pipe: redis.client.Pipeline) -> None:
-        """Start a transaction that executes only while we hold the lease (WATCH it, check it, MULTI)."""
-        pipe.watch(self.lease.key)
-        if pipe.get(self.lease.key) != self.lease.holder:
-            pipe.reset()
+        cursors = {host: cursor.to_json() for host, cursor in batch.cursors.items()}
+        args: list[str | int] = [self.lease.holder, TRANSITIONS_KEPT, len(batch.transitions)]
+        for transition in batch.transitions:
+            fields = transition.fields()
+            args += [2 * len(fields), *_pairs(fields)]
+        args += [len(stored), *_pairs(stored), len(cleared), *cleared, len(cursors), *_pairs(cursors)]
+        keys = [self.lease.key, self.keys.transitions, self.keys.states, self.keys.cursors]
+        reply = [part.decode() if isinstance(part, bytes) else part for part in self._commit(keys=keys, args=args)]
+        if reply[0] == "wrongtype":
+            raise KeyTypeError(*reply[1:4])
+        if reply[0] == "lease":
             self.lease.held = False
-            raise LeaseLost(f"the lease {self.lease.key} is held by another evaluator")
-        pipe.multi()
+            raise LeaseLost(f"the lease {self.lease.key} is held by {reply[1]!r}, not by this evaluator")
+        return reply[1:]
+
+
+def _pairs(mapping: dict[str, str]) -> list[str]:
+    return [part for item in mapping.items() for part in item]
 
 
 def _text(value: object) -> str | None:
