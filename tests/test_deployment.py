@@ -41,7 +41,7 @@ def our_containers():
 def variables_the_code_reads() -> set[str]:
     """Environment variable names read anywhere in runtime/ and app/ (env.get("X"), _number(env, "X")...)."""
     names = set()
-    for source in [*(REPO_DIR / "runtime").glob("*.py"), *(REPO_DIR / "app").glob("*.py")]:
+    for source in [*(REPO_DIR / "runtime").rglob("*.py"), *(REPO_DIR / "app").glob("*.py")]:
         names |= set(re.findall(r'env(?:iron)?\.get\("([A-Z_]+)"', source.read_text()))
         names |= set(re.findall(r'_number\(env, "([A-Z_]+)"', source.read_text()))
     return names
