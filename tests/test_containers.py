@@ -77,8 +77,8 @@ def in_image(engine: Engine, image: str, code: str) -> str:
 def test_each_role_gets_a_lean_non_root_image(engine, images):
     for image in (RUNTIME_IMAGE, DASHBOARD_IMAGE):
         assert engine.run("image", "inspect", "-f", "{{.Config.User}}", image).stdout.strip() == "10001"
-    absent = in_image(engine, RUNTIME_IMAGE, "import importlib.util as u, runtime.loop, runtime.collector, pandas, "
-                      "numpy, pip; print(*[m for m in ('streamlit', 'altair', 'pyarrow') if u.find_spec(m) is None])")
+    absent = in_image(engine, RUNTIME_IMAGE, "import importlib.util as u, runtime.loop, runtime.collector, runtime.alerts, "
+                      "pandas, numpy, pip; print(*[m for m in ('streamlit', 'altair', 'pyarrow') if u.find_spec(m) is None])")
     assert absent.split() == ["streamlit", "altair", "pyarrow"]
     assert in_image(engine, DASHBOARD_IMAGE, "import app.data, streamlit, altair; print('ok')") == "ok"
     base = images["python:3.11-slim"]
