@@ -72,7 +72,7 @@ def test_collector_runtime_and_dashboard_over_tls_with_a_password(tls_redis, tmp
     processes.append(spawn("runtime.collector", {**env, "INTERVAL": "0.5"}, stderr=log))
     wait_for(lambda: len(outputs(client, "out")) >= 3, timeout=30, what="outputs over TLS")
     snapshot = data.MetricsStore(settings, data.DashboardSettings.from_env(
-        {"REDIS_URL": settings.url, "REDIS_OUTPUT_KEY": "out"}).keys).snapshot()
+        {"REDIS_URL": settings.url, "REDIS_OUTPUT_KEY": "out"}).keys).snapshot(15 * 60)
     assert len(snapshot.samples) >= 3 and "percent-network-egress" in snapshot.outputs.columns
     for process in processes:
         process.terminate()
@@ -88,7 +88,7 @@ def test_collector_runtime_and_dashboard_over_tls_with_a_password(tls_redis, tmp
     page = AppTest.from_file(str(REPO_DIR / "app" / "streamlit_app.py"), default_timeout=60).run()
     st.cache_resource.clear()
     assert not page.exception and not page.error
-    assert len(page.get("vega_lite_chart")) == 5
+    assert len(page.get("vega_lite_chart")) >= 5  # at least CPU, memory, frequency, processes, outputs
     shown = page_text(page)
     assert f"Redis: rediss://:***@localhost:{port}" in shown and PASSWORD not in shown
 
