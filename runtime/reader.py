@@ -73,6 +73,17 @@ class Reader:
         if self._blocking is not None:
             self._blocking.close()
 
+    def trimmed_after(self, cursor: Cursor | None) -> str | None:
+        """Which samples retention trimmed before this runtime read them (logged), None when none were."""
+        if not isinstance(cursor, StreamCursor) or not self.client.exists(self.keys.input_stream):
+            return None
+        oldest = self.client.xrange(self.keys.input_stream, count=1)
+        if not oldest or StreamCursor.of(oldest[0][0]).order() <= cursor.order():
+            return None
+        log.error("samples_skipped after=%s before=%s: the stream was trimmed past the checkpoint while the "
+                  "runtime was away; raise RETENTION_SECONDS or keep the runtime running", cursor.text(), oldest[0][0])
+        return f"after {cursor.text()}, before {oldest[0][0]}"
+
     def _stream_exists(self) -> bool:
         keytypes.check(self.client, self.keys.input_stream, "stream")
         return bool(self.client.exists(self.keys.input_stream))
