@@ -243,7 +243,7 @@ class Runtime:
         self.lost[sample.cursor] = error
         log.warning("invocation_lost sample=%s fault=%s error=%s; re-reading from cursor=%s", sample.cursor.text(),
                     error["fault"], error["message"], self.committed.cursor and self.committed.cursor.text())
-        rewind(self.invoker, self.committed, self.client, self.config.keys)
+        self._restored = False  # the next step restarts the worker, then rewinds it to the checkpoint
 
     # --- commit ---------------------------------------------------------------------------------
 
