@@ -119,6 +119,7 @@ class Runtime:
         return min(backoff * 2, BACKOFF_CAP_SECONDS)
 
     def _step(self) -> None:
+        self.reader.mark_start()  # samples published from now on are ours, however long the worker takes to start
         if not self._active():
             return
         if not self._function_ready():

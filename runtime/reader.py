@@ -49,11 +49,15 @@ class Reader:
         self._blocking_id: int | None = None
         self._next_poll = 0.0
 
+    def mark_start(self) -> None:
+        """Note when this runtime started, on the server's clock (stream ids come from it), once."""
+        if self.started_ms is None:
+            seconds, micros = self.client.time()
+            self.started_ms = seconds * 1000 + micros // 1000
+
     def next_batch(self, after: Cursor | None) -> list[Sample]:
         """The samples after `after`, waiting for some a while; [] when none came."""
-        if self.started_ms is None:
-            seconds, micros = self.client.time()  # the server's clock, the one stream ids come from
-            self.started_ms = seconds * 1000 + micros // 1000
+        self.mark_start()
         if self.mode is Mode.STREAM or self._stream_exists():
             if self.mode is not Mode.STREAM:
                 log.info("mode=stream key=%s", self.keys.input_stream)
