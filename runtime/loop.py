@@ -153,8 +153,8 @@ class Runtime:
         return False
 
     def _heartbeat(self) -> tuple[str, dict[str, str]] | None:
-        """What the lease keeper writes with each renewal: the status, while the loop makes progress."""
-        return (self.config.keys.status, self.status.current()) if self.health.alive else None
+        """What the lease keeper writes with each renewal: the heartbeat, while the loop makes progress."""
+        return (self.config.keys.status, self.status.heartbeat()) if self.health.alive else None
 
     def _wake_on_stop(self) -> None:
         self.stop.wait()
@@ -197,6 +197,8 @@ class Runtime:
             error = record(Fault.FUNCTION_LOAD, self.invoker.error, None, None)
             log.error("error fault=%s message=%s", error["fault"], error["message"])
             self.metrics.errors.labels(fault=error["fault"]).inc()
+            if self.invoker.version is None:  # the state first: readers see it with the error
+                self.status.set(State.FUNCTION_ERROR)
             self.status.store_error(error)
         self._reported_load_error = self.invoker.error
         if self.invoker.version is None:
