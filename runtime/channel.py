@@ -16,6 +16,9 @@ from typing import Any
 HEADER = struct.Struct("!I")  # the length of the JSON body that follows
 MAX_MESSAGE = 2**32 - 1
 CHUNK = 1 << 18
+# A wait already set within this much of the one asked for is kept as it is: each setting is a system
+# call, and a deadline a few milliseconds late is harmless for timeouts of a second or more.
+TIMEOUT_SLACK = 0.05
 
 
 class ChannelClosed(Exception):
@@ -32,10 +35,13 @@ class Channel:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._sendall, self._recv, self._settimeout = sock.sendall, sock.recv, sock.settimeout
+        self._timeout: float | None = None  # what the socket is set to: setting it costs a system call
+        sock.settimeout(None)
         self._dumps, self._loads = json.dumps, json.loads
         self._pack, self._unpack = HEADER.pack, HEADER.unpack_from
         self._monotonic = time.monotonic
         self._buffer = bytearray()
+        self._start = 0  # where the next frame begins in the buffer (consumed bytes are dropped in bulk)
 
     def send(self, message: Any) -> None:
         """Send one JSON value; ChannelClosed when the other end is gone."""
@@ -43,7 +49,6 @@ class Channel:
         if len(body) > MAX_MESSAGE:
             raise ValueError(f"message of {len(body):,} bytes is over {MAX_MESSAGE:,}")
         try:
-            self._settimeout(None)
             self._sendall(self._pack(len(body)) + body)
         except OSError as error:
             raise ChannelClosed(f"send failed: {error}") from None
@@ -61,23 +66,27 @@ class Channel:
             self._fill(deadline)
 
     def _frame(self) -> bytes | None:
-        buffer = self._buffer
-        if len(buffer) < HEADER.size:
+        buffer, start = self._buffer, self._start
+        if len(buffer) - start < HEADER.size:
             return None
-        (length,) = self._unpack(buffer)
-        end = HEADER.size + length
+        (length,) = self._unpack(buffer, start)
+        end = start + HEADER.size + length
         if len(buffer) < end:
             return None
-        body = bytes(buffer[HEADER.size:end])
-        del buffer[:end]
-        return body
+        self._start = end
+        return bytes(buffer[start + HEADER.size:end])
 
     def _fill(self, deadline: float | None) -> None:
         remaining = None if deadline is None else deadline - self._monotonic()
         if remaining is not None and remaining <= 0:
             raise ChannelTimeout()
+        if self._start:  # drop what was read, once per refill rather than once per message
+            del self._buffer[:self._start]
+            self._start = 0
         try:
-            self._settimeout(remaining)
+            if self._needs_timeout(remaining):
+                self._settimeout(remaining)
+                self._timeout = remaining
             data = self._recv(CHUNK)
         except TimeoutError:
             raise ChannelTimeout() from None
@@ -86,6 +95,12 @@ class Channel:
         if not data:
             raise ChannelClosed("the other end closed the connection")
         self._buffer += data
+
+    def _needs_timeout(self, remaining: float | None) -> bool:
+        current = self._timeout
+        if remaining is None or current is None:
+            return remaining is not current
+        return abs(remaining - current) > TIMEOUT_SLACK
 
     def close(self) -> None:
         self._sock.close()
