@@ -45,11 +45,18 @@ class Channel:
 
     def send(self, message: Any) -> None:
         """Send one JSON value; ChannelClosed when the other end is gone."""
-        body = self._dumps(message).encode()
-        if len(body) > MAX_MESSAGE:
-            raise ValueError(f"message of {len(body):,} bytes is over {MAX_MESSAGE:,}")
+        self.send_many([message])
+
+    def send_many(self, messages: list[Any]) -> None:
+        """Send JSON values in one write (one system call, one wake-up of the reader)."""
+        frames = []
+        for message in messages:
+            body = self._dumps(message).encode()
+            if len(body) > MAX_MESSAGE:
+                raise ValueError(f"message of {len(body):,} bytes is over {MAX_MESSAGE:,}")
+            frames += (self._pack(len(body)), body)
         try:
-            self._sendall(self._pack(len(body)) + body)
+            self._sendall(b"".join(frames))
         except OSError as error:
             raise ChannelClosed(f"send failed: {error}") from None
 

@@ -27,6 +27,7 @@ from runtime.config import configure_logging
 from runtime.context import Context
 from runtime.function import FunctionSource
 from runtime.invoke import OUTPUT_TAIL, FunctionSettings, Request, call, decode_env, encode_env
+from runtime.replies import Replies
 from runtime.sandbox import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class Server:
         self.context = Context(function_getmtime="", **settings.context_fields)
         self.tail = Tail(OUTPUT_TAIL)
         self.pid = _getpid()
+        self.replies = Replies(channel)
 
     def serve(self) -> None:
         """Answer requests until the runtime closes the socket."""
@@ -54,16 +56,21 @@ class Server:
                 return
             op, message_id = message.get("op"), message.get("id")
             if op == "batch":
-                self.run_batch(message_id, message["requests"])
+                self.run_batch(message_id, message["requests"], message.get("buffered", True))
             else:
-                self.reply({**self.answer(op, message), "id": message_id})
+                self.only_worker_answers()
+                self.replies.send_now({**self.answer(op, message), "id": message_id})
 
-    def run_batch(self, first: int, requests: list[list[Any]]) -> None:
+    def run_batch(self, first: int, requests: list[list[Any]], buffered: bool = True) -> None:
+        self.replies.begin(buffered)
+        last = len(requests) - 1
         for index, (entry_id, raw, problem) in enumerate(requests):
             outcome = call(self.function, self.context, self.settings, Request(entry_id, raw, problem), self.tail)
-            if index == len(requests) - 1:  # the last of a batch carries the env: it saves the commit a round trip
+            self.only_worker_answers()
+            if index == last:  # the last of a batch carries the env: it saves the commit a round trip
                 outcome["env"] = encode_env(self.context.env)
-            self.reply({**outcome, "id": first + index})
+            outcome["id"] = first + index
+            self.replies.add(outcome, index == last)
 
     def answer(self, op: str, message: dict[str, Any]) -> dict[str, Any]:
         if op == "load":
@@ -80,12 +87,8 @@ class Server:
             return {}
         return {"unknown": op}
 
-    def reply(self, message: dict[str, Any]) -> None:
-        if _getpid() != self.pid:  # a copy the handler forked: only the worker itself answers
-            _exit(0)
-        try:
-            self.channel.send(message)
-        except ChannelClosed:  # the runtime is gone
+    def only_worker_answers(self) -> None:
+        if _getpid() != self.pid:  # a copy the handler forked: it leaves before touching the replies' lock
             _exit(0)
 
 

@@ -55,6 +55,7 @@ class Worker:
         self._last_execution: datetime | None = None
         self._incidents: list[dict[str, Any]] = []
         self._retry = Retry()
+        self._unbuffered_next = False
 
     # --- the Invoker interface -------------------------------------------------------------------
 
@@ -98,6 +99,7 @@ class Worker:
                     last_execution = datetime.fromisoformat(outcome.last_execution)
                 if outcome.env is not None:  # the batch is done: what a worker restarted while idle resumes from
                     self._env_data, self._last_execution = outcome.env.text, last_execution
+                    self._unbuffered_next = False
                 yield outcome
         finally:
             if received < len(requests) and self._process is not None:
@@ -107,7 +109,9 @@ class Worker:
 
     def _send_batch(self, requests: Sequence[Request]) -> int:
         """Send the batch to a running worker; its first invocation id."""
-        message = {"op": "batch", "requests": [_wire(request) for request in requests]}
+        # After a timeout, one batch unbuffered: a call stuck holding the GIL cannot hide replies before it.
+        message = {"op": "batch", "requests": [_wire(request) for request in requests],
+                   "buffered": not self._unbuffered_next}
         try:
             return self._send_to_live_worker(message, len(requests))
         except InvocationLost as lost:  # it died between the check and the send: while idle, no sample's fault
@@ -215,6 +219,7 @@ class Worker:
                 reply = self._channel.receive(timeout)
             except ChannelTimeout:
                 self._kill()
+                self._unbuffered_next = True
                 raise InvocationLost(record(Fault.TIMEOUT, f"the handler ran past HANDLER_TIMEOUT={self.timeout:g}s "
                                             "and was stopped", None, None)) from None
             except ChannelClosed as closed:

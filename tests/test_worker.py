@@ -263,6 +263,28 @@ def handler(input, context):
         worker.close()
 
 
+def test_replies_buffered_behind_a_hung_call_still_reach_the_runtime_so_the_right_sample_is_blamed(tmp_path):
+    worker = make_worker(tmp_path, '''
+import time
+
+def handler(input, context):
+    if input.get("hang"):
+        time.sleep(100)
+    return {"ok": input["timestamp"]}
+''', timeout=1.0)
+    samples = make_samples(60)
+    samples[50]["hang"] = True
+    requests = [Request(f"1-{i}", json.dumps(s)) for i, s in enumerate(samples)]
+    done = []
+    try:
+        with pytest.raises(InvocationLost) as lost:
+            for outcome in worker.invoke_batch(requests):
+                done.append(outcome)
+    finally:
+        worker.close()
+    assert len(done) == 50 and lost.value.error["sample_id"] == "1-50"
+
+
 def test_error_records_are_capped_and_say_so(client, redis_url, tmp_path):
     path = write_function(tmp_path, '''
 def handler(input, context):
