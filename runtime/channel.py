@@ -21,6 +21,20 @@ CHUNK = 1 << 18
 TIMEOUT_SLACK = 0.05
 
 
+BLOB_MARK = b"\x00"  # ends the JSON part of a frame that carries raw bytes after it
+BLOB_SIZES = "blob_sizes"
+
+
+def _split(body: bytes, start: int, sizes: list[int]) -> list[bytes]:
+    blobs = []
+    for size in sizes:
+        blobs.append(body[start:start + size])
+        start += size
+    if start != len(body):
+        raise ValueError(f"raw parts add up to {start:,} bytes, the frame has {len(body):,}")
+    return blobs
+
+
 class ChannelClosed(Exception):
     """The other end closed the socket or it failed; `reason` says how."""
 
@@ -43,9 +57,17 @@ class Channel:
         self._buffer = bytearray()
         self._start = 0  # where the next frame begins in the buffer (consumed bytes are dropped in bulk)
 
-    def send(self, message: Any) -> None:
-        """Send one JSON value; ChannelClosed when the other end is gone."""
-        self.send_many([message])
+    def send(self, message: Any, blobs: list[bytes] | None = None) -> None:
+        """Send one JSON object; ChannelClosed when the other end is gone.
+
+        `blobs` travel after it as raw bytes (the receiver finds them in the object's `blobs`): a
+        sample's JSON text crosses as it is, never escaped into a string and parsed back out.
+        """
+        if not blobs:
+            self.send_many([message])
+            return
+        body = b"".join([self._dumps({**message, BLOB_SIZES: [len(b) for b in blobs]}).encode(), BLOB_MARK, *blobs])
+        self._write([self._pack(len(body)), body])
 
     def send_many(self, messages: list[Any]) -> None:
         """Send JSON values in one write (one system call, one wake-up of the reader)."""
@@ -55,8 +77,14 @@ class Channel:
             if len(body) > MAX_MESSAGE:
                 raise ValueError(f"message of {len(body):,} bytes is over {MAX_MESSAGE:,}")
             frames += (self._pack(len(body)), body)
+        self._write(frames)
+
+    def _write(self, frames: list[bytes]) -> None:
+        data = b"".join(frames)
+        if len(data) > MAX_MESSAGE:
+            raise ValueError(f"message of {len(data):,} bytes is over {MAX_MESSAGE:,}")
         try:
-            self._sendall(b"".join(frames))
+            self._sendall(data)
         except OSError as error:
             raise ChannelClosed(f"send failed: {error}") from None
 
@@ -66,11 +94,18 @@ class Channel:
         while True:
             body = self._frame()
             if body is not None:
-                try:
-                    return self._loads(body.decode())  # text: json skips guessing the encoding
-                except (ValueError, RecursionError) as error:
-                    raise ChannelClosed(f"unreadable message ({error})") from None
+                return self._decode(body)
             self._fill(deadline)
+
+    def _decode(self, body: bytes) -> Any:
+        mark = body.find(BLOB_MARK)  # never inside JSON text, where a NUL must be escaped
+        try:
+            message = self._loads((body if mark < 0 else body[:mark]).decode())  # text: no encoding guess
+            if mark >= 0:
+                message["blobs"] = _split(body, mark + 1, message.pop(BLOB_SIZES))
+        except (ValueError, RecursionError, TypeError, KeyError, AttributeError) as error:
+            raise ChannelClosed(f"unreadable message ({error!r})") from None
+        return message
 
     def _frame(self) -> bytes | None:
         buffer, start = self._buffer, self._start

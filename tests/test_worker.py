@@ -28,11 +28,18 @@ def handler(input, context):
 
 
 def alive(pid: int) -> bool:
-    """Whether a process exists and is not a zombie."""
+    """Whether any thread of a process still runs (a dead leader waits as a zombie for its other threads)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
         return False
+    for task in tasks:
+        try:
+            if Path(f"/proc/{pid}/task/{task}/stat").read_text().split(") ")[1][0] not in "ZX":
+                return True
+        except (FileNotFoundError, IndexError):
+            continue
+    return False
 
 
 def counted_in_order(client, samples):
