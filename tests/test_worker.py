@@ -201,6 +201,15 @@ def make_worker(tmp_path, source=COUNTING, timeout=5.0):
     return worker
 
 
+def run_until_lost(worker, requests):
+    """The outcomes before the batch's InvocationLost, and its error record."""
+    done = []
+    with pytest.raises(InvocationLost) as lost:
+        for outcome in worker.invoke_batch(requests):
+            done.append(outcome)
+    return done, lost.value.error
+
+
 def test_every_request_to_a_dead_worker_raises_invocation_lost_never_oserror(tmp_path):
     worker = make_worker(tmp_path)
     raw = json.dumps(make_samples(1)[0])
@@ -257,13 +266,9 @@ def handler(input, context):
     samples = [dict(s, sleep=0.6) for s in make_samples(4)]  # 2.4 s in all, each under its own 1 s
     samples[2]["sleep"] = 100
     requests = [Request(f"1-{i}", json.dumps(s)) for i, s in enumerate(samples)]
-    done = []
     try:
-        with pytest.raises(InvocationLost) as lost:
-            for outcome in worker.invoke_batch(requests):
-                done.append(outcome)
-        assert len(done) == 2 and lost.value.error["fault"] == "timeout"
-        assert lost.value.error["sample_id"] == "1-2"
+        done, error = run_until_lost(worker, requests)
+        assert len(done) == 2 and error["fault"] == "timeout" and error["sample_id"] == "1-2"
         worker.refresh()
         assert [o.output for o in worker.invoke_batch(requests[3:])] == ['{"slept": 0.6}']
     finally:
@@ -281,15 +286,11 @@ def handler(input, context):
 ''', timeout=1.0)
     samples = make_samples(60)
     samples[50]["hang"] = True
-    requests = [Request(f"1-{i}", json.dumps(s)) for i, s in enumerate(samples)]
-    done = []
     try:
-        with pytest.raises(InvocationLost) as lost:
-            for outcome in worker.invoke_batch(requests):
-                done.append(outcome)
+        done, error = run_until_lost(worker, [Request(f"1-{i}", json.dumps(s)) for i, s in enumerate(samples)])
     finally:
         worker.close()
-    assert len(done) == 50 and lost.value.error["sample_id"] == "1-50"
+    assert len(done) == 50 and error["sample_id"] == "1-50"
 
 
 def test_error_records_are_capped_and_say_so(client, redis_url, tmp_path):
