@@ -56,20 +56,22 @@ class Server:
                 return
             op, message_id = message.get("op"), message.get("id")
             if op == "batch":
-                self.run_batch(message_id, message["requests"], message["blobs"], message.get("buffered", True))
+                self.run_batch(message_id, message["requests"], message["blobs"], message.get("with_env", True),
+                               message.get("buffered", True))
             else:
                 self.only_worker_answers()
                 self.replies.send_now({**self.answer(op, message), "id": message_id})
 
-    def run_batch(self, first: int, requests: list[list[Any]], raws: list[bytes], buffered: bool = True) -> None:
+    def run_batch(self, first: int, requests: list[list[Any]], raws: list[bytes], with_env: bool = True,
+                  buffered: bool = True) -> None:
         self.replies.begin(buffered)
         last = len(requests) - 1
         for index, ((entry_id, problem, has_raw), raw) in enumerate(zip(requests, raws)):
             request = Request(entry_id, raw if has_raw else None, problem)
             outcome = call(self.function, self.context, self.settings, request, self.tail)
             self.only_worker_answers()
-            # The last of a batch carries the env: it saves the commit a round trip.
-            env = encode_env(self.context.env) if index == last else None
+            # The env with the last reply (when asked for) saves the commit a round trip.
+            env = encode_env(self.context.env) if with_env and index == last else None
             self.replies.add([first + index, *(outcome[name] for name in OUTCOME_FIELDS), env], index == last)
 
     def answer(self, op: str, message: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,8 @@ from typing import Any
 from runtime.channel import Channel, ChannelClosed, ChannelTimeout
 from runtime.faults import Fault, record
 from runtime.function import Retry, source_identity
-from runtime.invoke import EMPTY_ENV, OUTCOME_FIELDS, EnvData, FunctionSettings, InvocationLost, Outcome, Request
+from runtime.invoke import EMPTY_ENV, OUTCOME_FIELDS, EnvData, EnvLost, FunctionSettings, InvocationLost, Outcome
+from runtime.invoke import Request
 from runtime.sandbox import child_environment, kill_group, wait_for_exit
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,6 @@ class Worker:
         self._next_id = 0  # the id of the next message or invocation sent to the worker
         self._env_data: str | None = EMPTY_ENV  # the env a new worker starts from (None: not durable, empty)
         self._last_execution: datetime | None = None
-        self._incidents: list[dict[str, Any]] = []
         self._retry = Retry()
         self._unbuffered_next = False
 
@@ -79,11 +79,11 @@ class Worker:
         self._retry.succeeded()
         return reply["version"] is not None and (reply["version"] != previous or failing)
 
-    def invoke_batch(self, requests: Sequence[Request]) -> Iterator[Outcome]:
+    def invoke_batch(self, requests: Sequence[Request], with_env: bool = True) -> Iterator[Outcome]:
         """Send the batch in one message; yield each outcome as its reply comes, each with its own deadline."""
         if not requests:
             return
-        first, last_execution = self._send_batch(requests), self._last_execution
+        first, last_execution = self._send_batch(requests, with_env), self._last_execution
         received = 0
         try:
             for index, request in enumerate(requests):
@@ -97,8 +97,9 @@ class Worker:
                 outcome = Outcome(*reply[1:-1], env=EnvData(*env) if env is not None else None)
                 if outcome.last_execution:
                     last_execution = datetime.fromisoformat(outcome.last_execution)
-                if outcome.env is not None:  # the batch is done: what a worker restarted while idle resumes from
+                if outcome.env is not None:  # what env_data() gives while no worker runs
                     self._env_data, self._last_execution = outcome.env.text, last_execution
+                if index == len(requests) - 1:
                     self._unbuffered_next = False
                 yield outcome
         finally:
@@ -107,23 +108,19 @@ class Worker:
                 log.warning("batch_abandoned after=%d of %d: stopping the worker", received, len(requests))
                 self._kill()
 
-    def _send_batch(self, requests: Sequence[Request]) -> int:
-        """Send the batch to a running worker; its first invocation id."""
-        # After a timeout, one batch unbuffered: a call stuck holding the GIL cannot hide replies before it.
-        message = {"op": "batch", "requests": [[r.entry_id, r.problem, r.raw is not None] for r in requests],
-                   "buffered": not self._unbuffered_next}
-        blobs = [_raw_bytes(r.raw) for r in requests]
-        try:
-            return self._send_to_live_worker(message, blobs)
-        except InvocationLost as lost:  # it died between the check and the send: while idle, no sample's fault
-            self._incidents.append(lost.error)
-            return self._send_to_live_worker(message, blobs)
-
-    def _send_to_live_worker(self, message: dict[str, Any], blobs: list[bytes]) -> int:
+    def _send_batch(self, requests: Sequence[Request], with_env: bool) -> int:
+        """Send the batch to a running worker; its first invocation id. EnvLost if it died while idle."""
         if self._process is None or not self._alive():
             self._restart_dead_worker()
-        first = self._take_ids(len(blobs))
-        self._send({**message, "id": first}, blobs)
+        first = self._take_ids(len(requests))
+        # After a timeout, one batch unbuffered: a call stuck holding the GIL cannot hide replies before it.
+        message = {"op": "batch", "id": first, "with_env": with_env, "buffered": not self._unbuffered_next,
+                   "requests": [[r.entry_id, r.problem, r.raw is not None] for r in requests]}
+        try:
+            self._send(message, [_raw_bytes(r.raw) for r in requests])
+        except InvocationLost as lost:  # it died between the check and the send: while idle, no sample's fault
+            self._kill()
+            raise EnvLost(lost.error) from None
         return first
 
     def env_data(self) -> EnvData:
@@ -143,11 +140,6 @@ class Worker:
 
     def close(self) -> None:
         self._kill()
-
-    def take_incidents(self) -> list[dict[str, Any]]:
-        """Error records of worker deaths no invocation caused (it died while idle); emptied by the call."""
-        incidents, self._incidents = self._incidents, []
-        return incidents
 
     @property
     def pid(self) -> int | None:
@@ -172,14 +164,14 @@ class Worker:
         self._send_env()
 
     def _restart_dead_worker(self) -> None:
-        """A worker gone between batches (or never started): a new one from the env after the last batch."""
+        """A worker gone between batches: EnvLost (the env it held died with it); never started: start one."""
         if self._process is not None:
             code = self._process.poll()
-            error = record(Fault.WORKER_DIED, f"the handler's process ended while idle (exit code {code}); "
-                           "restarted from the env after the last batch", None, None)
-            log.warning("worker_died_idle pid=%d exit_code=%s: restarting", self._process.pid, code)
-            self._incidents.append(error)
+            log.warning("worker_died_idle pid=%d exit_code=%s: the runtime rewinds to its checkpoint",
+                        self._process.pid, code)
             self._kill()
+            raise EnvLost(record(Fault.WORKER_DIED, f"the handler's process ended while idle (exit code {code}); "
+                                 "context.env is restored from the checkpoint", None, None))
         self.refresh()
 
     def _alive(self) -> bool:
