@@ -143,13 +143,36 @@ class Publisher:
             pipe.hset(self.registry, self.host, datetime.now().isoformat(sep=" "))
         try:
             replies = pipe.execute()
-        except redis.RedisError as error:  # unreachable, restarting, out of memory: keep and retry
+        except redis.RedisError as error:  # unreachable, restarting, out of memory, a key of the wrong type
             self._backoff = min(max(self._backoff * 2, 0.5), BACKOFF_CAP_SECONDS)
             self._next_attempt = time.monotonic() + self._backoff
             log.warning("redis_unavailable error=%s buffered=%d retry_in=%.1fs", error, len(self.pending), self._backoff)
+            if "WRONGTYPE" in str(error):
+                self._report_wrong_types()
             return False
         self._sent(batch, rollups, replies)
         return True
+
+    def _report_wrong_types(self) -> None:
+        """Name each key that holds another type than the collector writes, so an operator can fix it."""
+        expected = {self.keys.input_stream: "stream", self.keys.input: "string", self.keys.top: "string",
+                    **{self.keys.rollup(tier): "stream" for tier in schema.ROLLUP_TIERS}}
+        if self.host:
+            expected[self.registry] = "hash"
+        try:
+            found = dict(zip(expected, self._types(list(expected))))
+        except redis.RedisError:
+            return
+        for key, kind in found.items():
+            if kind not in ("none", expected[key]):
+                log.error("wrong_key_type key=%s type=%s expected=%s: samples wait in the buffer until the key "
+                          "is deleted or renamed", key, kind, expected[key])
+
+    def _types(self, keys: list[str]) -> list[str]:
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.type(key)
+        return [kind.decode() if isinstance(kind, bytes) else kind for kind in pipe.execute()]
 
     def _sent(self, batch: list, rollups: list, replies: list) -> None:
         for _ in batch:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -23,6 +24,8 @@ from runtime.context import Context
 from runtime.faults import Fault, describe, record, user_traceback
 from runtime.function import FunctionSource
 from runtime.status import ERROR_OUTPUT_MAX
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,8 @@ class Invoker(Protocol):
     def refresh(self) -> bool:
         """Load or reload the function if its files changed; True when a new version is in use."""
 
-    def invoke_batch(self, requests: Sequence[Request]) -> Iterator[Outcome]:
-        """One Outcome per request, in order, each as it finishes; the last one carries the env.
+    def invoke_batch(self, requests: Sequence[Request], with_env: bool = True) -> Iterator[Outcome]:
+        """One Outcome per request, in order, each as it finishes; the last one carries the env if `with_env`.
 
         Raises InvocationLost at a request that did not return (timeout, dead worker): the requests
         after it are not run, and the env of the batch is gone; the next batch starts from what
@@ -100,8 +103,17 @@ class Invoker(Protocol):
     def close(self) -> None:
         """Stop whatever runs the handler."""
 
-    # Optional: take_incidents() -> list of error records of faults no sample caused (a worker that
-    # died while idle); emptied by the call. Worker and InProcess have it.
+
+
+class EnvLost(Exception):
+    """The worker died between invocations, and the env it held with it: rewind from the checkpoint.
+
+    No sample caused it, so none is charged; `error` is the record that says what happened.
+    """
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(error["message"])
+        self.error = error
 
 
 class InvocationLost(Exception):
@@ -141,6 +153,8 @@ def call(function: FunctionSource, context: Context, settings: FunctionSettings,
         return outcome
     finally:
         outcome["duration"] = time.perf_counter() - started
+    if tail.written and log.isEnabledFor(logging.DEBUG):  # prints of a call that worked: only when asked for
+        log.debug("handler_output sample=%s chars=%d tail=%r", request.entry_id or "-", tail.written, tail.text())
     context.last_execution = datetime.now()
     outcome["last_execution"] = context.last_execution.isoformat()
     if result:
@@ -229,10 +243,11 @@ class InProcess:
         """Load or reload the function if its files changed; True when a new version is in use."""
         return self.function.refresh()
 
-    def invoke_batch(self, requests: Sequence[Request]) -> Iterator[Outcome]:
+    def invoke_batch(self, requests: Sequence[Request], with_env: bool = True) -> Iterator[Outcome]:
         for index, request in enumerate(requests):
             outcome = Outcome(**call(self.function, self.context, self.settings, request, self.tail))
-            yield outcome if index < len(requests) - 1 else dataclasses.replace(outcome, env=self.env_data())
+            last = with_env and index == len(requests) - 1
+            yield dataclasses.replace(outcome, env=self.env_data()) if last else outcome
 
     def env_data(self) -> EnvData:
         return EnvData(*encode_env(self.context.env))
@@ -243,6 +258,3 @@ class InProcess:
 
     def close(self) -> None:
         pass
-
-    def take_incidents(self) -> list[dict[str, Any]]:
-        return []  # nothing runs between invocations here

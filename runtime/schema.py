@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -581,7 +582,9 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
 def _whole(values: pd.Series) -> pd.Series:
     """Int64 where the values fit 64 bits; float64 where they do not (a huge counter), never an error."""
     try:
-        return values.round().astype("Int64")
+        with warnings.catch_warnings():  # pandas warns before it refuses the cast we fall back from
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return values.round().astype("Int64")
     except (TypeError, ValueError, OverflowError):
         return values.astype("float64")
 
