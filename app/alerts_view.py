@@ -141,7 +141,7 @@ def thresholds_for(thresholds: pd.DataFrame, source: str, fields: Iterable[str])
 
 def threshold_layer(thresholds: pd.DataFrame) -> alt.Chart:
     """A dashed horizontal rule at each threshold, coloured by severity: layer it on the chart it concerns."""
-    return alt.Chart(thresholds).mark_rule(strokeDash=[4, 4], strokeWidth=1.5).encode(
+    return alt.Chart(thresholds).mark_rule(strokeDash=[4, 4], strokeWidth=1.5, clip=True).encode(
         y="threshold:Q",
         color=_severity_color(),
         tooltip=["rule:N", "op:N", alt.Tooltip("threshold:Q", format=",.2f"), "severity:N"],
@@ -150,7 +150,7 @@ def threshold_layer(thresholds: pd.DataFrame) -> alt.Chart:
 
 def firing_layer(periods: pd.DataFrame) -> alt.Chart:
     """Shaded bands over the time axis while an alert fired: layer it under a time chart."""
-    return alt.Chart(periods).mark_rect(opacity=0.15).encode(
+    return alt.Chart(periods).mark_rect(opacity=0.15, clip=True).encode(
         x="start:T", x2="end:T",
         color=_severity_color(),
         tooltip=["rule:N", "host:N", "severity:N", alt.Tooltip("start:T", format="%H:%M:%S"),
