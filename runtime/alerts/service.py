@@ -317,6 +317,7 @@ class Evaluator:
     # --- report ---------------------------------------------------------------------------------
 
     def problems(self) -> list[dict[str, str]]:
+        """Rules refused and rules whose value has not appeared, as the status lists them."""
         found = [*self.watcher.problems, *self.coverage.problems(self.watcher.rules)]
         return [{"rule": p.rule, "message": p.message} for p in found]
 

@@ -58,6 +58,7 @@ class RuleWatcher:
         return stat.st_ino, stat.st_dev, stat.st_mtime_ns, stat.st_size
 
     def by_name(self) -> dict[str, Rule]:
+        """The current rules by name."""
         return {rule.name: rule for rule in self.rules}
 
 
@@ -78,15 +79,18 @@ class Coverage:
         self.appeared &= current
 
     def saw(self, rule: Rule, value: float | None) -> None:
+        """Note that the rule's value appeared (any host)."""
         if value is not None:
             self.appeared.add(rule.name)
 
     def saw_names(self, source: str, names: object) -> None:
+        """Remember names seen in a source, to suggest one for a rule whose value never appears."""
         known = self.names.setdefault(source, set())
         if len(known) < MAX_NAMES:
             known.update(n for n in names if isinstance(n, str))
 
     def problems(self, rules: tuple[Rule, ...]) -> list[Problem]:
+        """A problem for each rule whose value has not appeared within the grace period."""
         now = time.monotonic()
         return [Problem(rule.name, self._missing(rule)) for rule in rules
                 if rule.name not in self.appeared and now - self.since.get(rule.name, now) >= self.grace]
