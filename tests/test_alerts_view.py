@@ -46,6 +46,10 @@ def test_states_transitions_periods_and_thresholds_from_a_real_evaluator(client,
     assert memory["rule"].tolist() == ["mem"] and memory["threshold"].tolist() == [50.0]
     assert alerts_view.host_alerts(states).to_dict("records") == [{"host": "local", "firing": "mem",
                                                                    "pending": "pids"}]
+    snapshot = alerts_view.read_alerts(client, schema.Keys(), now=datetime.fromtimestamp(10))
+    assert snapshot.states.equals(states) and snapshot.periods.equals(periods) and len(snapshot.recent) == 4
+    assert snapshot.by_host["firing"].tolist() == ["mem"] and snapshot.thresholds["rule"].tolist() == [
+        "mem", "pids", "typo"]
 
 
 def test_layers_draw_on_a_time_chart_and_keep_the_same_spec():
