@@ -81,6 +81,7 @@ class Evaluator:
                     self._forget("redis_unavailable", error)
                     self.stop.wait(backoff)
                     backoff = min(backoff * 2, BACKOFF_CAP_SECONDS)
+                    self.health.progress()  # an outage is waited out: a restart would not cure it
                 except Exception as error:  # noqa: BLE001 - the outermost step: record it and go on
                     log.exception("evaluation_failed error=%s", error)
                     self._forget("evaluation_failed", error)
