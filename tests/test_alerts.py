@@ -93,6 +93,7 @@ rules:
   - {name: mem, value: virtual_memory-percent, op: ">", threshold: 50}
   - {name: typo, value: virtual_memory-percnt, op: ">", threshold: 50}
   - {name: broken, value: n_pids, op: "more than", threshold: 50}
+  - {name: elsewhere, value: virtual_memory-percent, op: ">", threshold: 50, hosts: "web-*"}
 """)
     add_sample(client, 1, **{"virtual_memory-percent": 70})
     with running_evaluator(alerts_env(redis_url, rules)):
@@ -104,6 +105,7 @@ rules:
     assert messages["broken"].startswith("'op' must be one of")
     assert "'virtual_memory-percnt' has not appeared in the samples" in messages["typo"]
     assert "names there like it: virtual_memory-percent" in messages["typo"]
+    assert messages["elsewhere"] == "no host matches 'hosts: web-*' (followed: local)"
 
 
 def test_a_broken_file_keeps_the_rules_loaded_before(client, redis_url, tmp_path):

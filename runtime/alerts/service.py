@@ -319,7 +319,8 @@ class Evaluator:
 
     def problems(self) -> list[dict[str, str]]:
         """Rules refused and rules whose value has not appeared, as the status lists them."""
-        found = [*self.watcher.problems, *self.coverage.problems(self.watcher.rules)]
+        hosts = [host.host for host in self.hosts]
+        found = [*self.watcher.problems, *self.coverage.problems(self.watcher.rules, hosts)]
         return [{"rule": p.rule, "message": p.message} for p in found]
 
     def _report(self) -> None:
