@@ -70,7 +70,7 @@ def watch(port: int, key: str, stream: bool, stop, ready, results) -> None:
             now = time.time()
             for entry_id, fields in reply[0][1] if reply else ():
                 cursor = entry_id
-                record(json.loads(fields[schema.OUTPUT_FIELD])["ts"], now)
+                record(fields[schema.TIMESTAMP], now)  # the timestamp of the sample it came from
     else:
         last = client.get(key)
         ready.set()

@@ -225,7 +225,15 @@ class RuntimeConfig:
             handler_memory_mb=int(_number(env, "HANDLER_MEMORY_MB", 0, 0)),
             block_seconds=_number(env, "BLOCK_SECONDS", DEFAULT_BLOCK_SECONDS, 0.01, MAX_BLOCK_SECONDS),
             env_checkpoint_seconds=_number(env, "ENV_CHECKPOINT_SECONDS", DEFAULT_ENV_CHECKPOINT_SECONDS, 0, 3600),
-        )
+        ).checked()
+
+    def checked(self) -> RuntimeConfig:
+        """Refuse settings that together break a promise; each alone was already checked."""
+        if self.env_checkpoint_seconds * 2 > self.retention_seconds:
+            raise ConfigError(f"ENV_CHECKPOINT_SECONDS={self.env_checkpoint_seconds:g} must be at most half of "
+                              f"RETENTION_SECONDS={self.retention_seconds:g}: after a restart the samples since "
+                              "the stored env run again from the stream, so the stream must still hold them")
+        return self
 
 
 def _requirements_file(env: Mapping[str, str]) -> Path | None:
