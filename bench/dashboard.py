@@ -15,7 +15,7 @@ from datetime import datetime
 import pandas as pd
 import redis
 
-from app import charts, data, hosts, views
+from app import charts, data, hosts, render, views
 from runtime.schema import EXTRA_FIELD
 from app.history import StreamHistory
 from bench.common import median_ms, save, synthetic_samples, table, timed, valkey
@@ -94,12 +94,12 @@ def paint(store: data.MetricsStore, seconds: int) -> tuple[int, int]:
 
 
 def spec_bytes(chart) -> int:
-    """Bytes of the chart as Streamlit sends it: the spec as JSON, its data as Arrow tables."""
-    from streamlit.elements.vega_charts import _convert_altair_to_vega_lite_spec
+    """Bytes of the chart as the page sends it: the spec as JSON, its data as Arrow tables."""
+    from streamlit.dataframe_util import convert_anything_to_arrow_bytes
 
-    spec = _convert_altair_to_vega_lite_spec(chart)
+    spec = render.spec(chart)
     datasets = spec.pop("datasets", {})
-    return len(json.dumps(spec)) + sum(len(table) for table in datasets.values())
+    return len(json.dumps(spec)) + sum(len(convert_anything_to_arrow_bytes(frame)) for frame in datasets.values())
 
 
 def naive_tick(client: redis.Redis, keys: schema.Keys, seconds: int) -> int:
