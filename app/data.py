@@ -26,6 +26,7 @@ from app.history import HISTORY_SECONDS, StreamHistory
 from app.timeline import Window
 from runtime import schema, status
 from runtime.schema import local_naive
+from runtime import config
 from runtime.config import RedisSettings, connect
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class DashboardSettings:
         return cls(
             redis=RedisSettings.from_env(env) if configured else None,
             keys=schema.Keys(input=env.get("REDIS_INPUT_KEY") or "metrics", output=output),
-            refresh_seconds=min(max(float(env.get("DASHBOARD_REFRESH") or 2.0), 1.0), 10.0),
+            refresh_seconds=min(config._number(env, "DASHBOARD_REFRESH", 2.0, 1.0), 10.0),
         )
 
 
@@ -202,7 +203,8 @@ class MetricsStore:
             snap.events = self._events(snap.status, now)
             return snap
 
-    def _samples(self, problems: list[str], seconds: float, need_ms: int, now_ms: int):
+    def _samples(self, problems: list[str], seconds: float, need_ms: int,
+                 now_ms: int) -> tuple[str, pd.DataFrame, bool]:
         tier = choose_tier(seconds)
         if tier is not None:
             history = self.tiers[tier]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime, timezone
 
 import pandas as pd
 import streamlit as st
@@ -208,8 +209,6 @@ def _age(moment, now) -> str:
 
 
 def _health_metrics(current: status.Status) -> None:
-    from datetime import datetime, timezone
-
     now = datetime.now(timezone.utc)
     if current.stale(now):
         st.warning(f"Runtime not running or stuck: last heartbeat {_age(current.heartbeat, now)}.")

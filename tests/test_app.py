@@ -349,3 +349,11 @@ def test_the_all_hosts_table_is_sorted_and_paged(client, redis_url, page):
     (table,) = at.dataframe
     assert len(table.value) == 10 and list(table.value["host"])[-1] == "node-00"
     assert "All hosts (60)" in [h.value for h in at.subheader]
+
+
+def test_a_bad_refresh_setting_is_a_clear_message_not_a_traceback(redis_url, page, monkeypatch):
+    monkeypatch.setenv("DASHBOARD_REFRESH", "soon")
+    at = page(redis_url)
+    assert not at.exception
+    (error,) = at.error
+    assert "DASHBOARD_REFRESH='soon' is not a number" in error.value
