@@ -187,14 +187,15 @@ class MetricsStore:
             window = Window.last(seconds, end or now)
             problems: list[str] = []
             now_ms = int(now.timestamp() * 1000)
-            need_ms = int(min(window.start.timestamp() * 1000, now_ms - seconds * 1000)) - 60_000
+            start_ms = window.start.to_pydatetime().timestamp() * 1000  # naive local, not UTC as pandas would
+            need_ms = int(min(start_ms, now_ms - seconds * 1000)) - 60_000
             source, samples, loading = self._samples(problems, seconds, need_ms, now_ms)
             snap = Snapshot(window=window, samples=window.clip(samples), outputs=pd.DataFrame(),
                             status=status.Status(), errors=_error_rows([], window), events=pd.DataFrame(),
                             problems=problems, skipped_samples=self.raw.skipped, skipped_outputs=0,
                             skip_reason=self.raw.skip_reason, future_samples=window.future(samples),
                             source=source, loading=loading)
-            snap.latest_raw = self.raw.frame.tail(2)
+            snap.latest_raw = window.clip(self.raw.frame).tail(2)  # the KPIs: never a sample from the future
             if self.raw.frame.empty:
                 snap.latest_sample = self._latest_plain_sample(problems)
             snap.top = self._top(problems)
