@@ -98,10 +98,10 @@ def test_the_host_picker_lists_three_hosts(valkey, client, tmp_path, processes):
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1700})
         page.goto(url)
-        page.wait_for_selector('[data-testid="stSelectbox"]', timeout=30_000)
+        page.wait_for_selector('[data-testid="stSidebar"] [data-testid="stSelectbox"]', timeout=30_000)
         page.wait_for_function("document.querySelectorAll('.vega-embed').length >= 4",
                                timeout=30_000)
-        page.locator('[data-testid="stSelectbox"]').click()
+        page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').click()
         options = page.locator('[role="option"]').all_inner_texts()
         assert options == ["alpha", "beta", "gamma"], options
         page.keyboard.press("Escape")
