@@ -116,6 +116,11 @@ class Snapshot:
     top: dict[str, Any] | None = None
     latest_raw: pd.DataFrame = field(default_factory=pd.DataFrame)  # the newest raw rows, for the KPIs
 
+    @property
+    def runtime_stale(self) -> bool:
+        """No runtime heartbeat within the status contract's staleness limit."""
+        return self.status.stale()
+
 
 def _typename(client: redis.Redis, key: str) -> str:
     try:
@@ -180,7 +185,7 @@ class MetricsStore:
         self.events: list[dict[str, Any]] = []
         self._seen: tuple[Any, Any] | None = None  # (started, function_version) of the last status
 
-    def snapshot(self, seconds: float, end: datetime | None = None) -> Snapshot:
+    def snapshot(self, seconds: float = WINDOWS["15 min"], end: datetime | None = None) -> Snapshot:
         """Top up the histories for a window ending at `end` (default: the server's now)."""
         with self.lock:
             now = server_now(self.client)
