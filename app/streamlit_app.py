@@ -40,7 +40,7 @@ def ready_since(url: str) -> float:
     return time.monotonic()
 
 
-@st.fragment(run_every=1.0)
+@st.fragment(run_every=0.5)
 def wait_for_stack() -> None:
     """While the embedded stack starts, say so; rerun the page once it is ready, or show why it failed."""
     current = embedded.ensure_started()
