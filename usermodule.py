@@ -35,7 +35,7 @@ def number(value) -> float | None:
         return None
 
 
-def counter(input: dict, name: str):
+def counter(input: dict, name: str) -> object:
     """A network counter under the course's name, or the assignment's name with a trailing 1."""
     return input[name] if name in input else input.get(name + "1")
 

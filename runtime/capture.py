@@ -22,6 +22,19 @@ class Tail(io.TextIOBase):
     def writable(self) -> bool:
         return True
 
+    @property
+    def encoding(self) -> str:  # what libraries that print (tqdm, click) ask before they write
+        return "utf-8"
+
+    @property
+    def errors(self) -> str:
+        return "replace"
+
+    @property
+    def buffer(self) -> BinaryTail:
+        """`sys.stdout.buffer`, for handlers that write bytes."""
+        return BinaryTail(self)
+
     def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
@@ -41,6 +54,21 @@ class Tail(io.TextIOBase):
     def clear(self) -> None:
         self.written, self._kept = 0, 0
         self._chunks.clear()
+
+
+class BinaryTail(io.RawIOBase):
+    """Bytes written to a Tail, decoded as UTF-8 (bad bytes replaced)."""
+
+    def __init__(self, tail: Tail) -> None:
+        super().__init__()
+        self.tail = tail
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self.tail.write(bytes(data).decode("utf-8", "replace"))
+        return len(data)
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -23,6 +24,8 @@ from runtime.context import Context
 from runtime.faults import Fault, describe, record, user_traceback
 from runtime.function import FunctionSource
 from runtime.status import ERROR_OUTPUT_MAX
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,8 @@ def call(function: FunctionSource, context: Context, settings: FunctionSettings,
         return outcome
     finally:
         outcome["duration"] = time.perf_counter() - started
+    if tail.written and log.isEnabledFor(logging.DEBUG):  # prints of a call that worked: only when asked for
+        log.debug("handler_output sample=%s chars=%d tail=%r", request.entry_id or "-", tail.written, tail.text())
     context.last_execution = datetime.now()
     outcome["last_execution"] = context.last_execution.isoformat()
     if result:

@@ -82,23 +82,44 @@ class Worker:
         """Send the batch in one message; yield each outcome as its reply comes, each with its own deadline."""
         if not requests:
             return
+        first, last_execution = self._send_batch(requests), self._last_execution
+        received = 0
+        try:
+            for index, request in enumerate(requests):
+                try:
+                    reply = self._receive(first + index, self.timeout)
+                except InvocationLost as lost:
+                    lost.error.update(sample_id=request.entry_id or "", sample_timestamp=_timestamp_of(request.raw))
+                    raise
+                received += 1
+                env = reply.pop("env", None)
+                outcome = Outcome(**reply, env=EnvData(*env) if env is not None else None)
+                if outcome.last_execution:
+                    last_execution = datetime.fromisoformat(outcome.last_execution)
+                if outcome.env is not None:  # the batch is done: what a worker restarted while idle resumes from
+                    self._env_data, self._last_execution = outcome.env.text, last_execution
+                yield outcome
+        finally:
+            if received < len(requests) and self._process is not None:
+                # Abandoned part-way: the worker would go on changing the env with calls nobody records.
+                log.warning("batch_abandoned after=%d of %d: stopping the worker", received, len(requests))
+                self._kill()
+
+    def _send_batch(self, requests: Sequence[Request]) -> int:
+        """Send the batch to a running worker; its first invocation id."""
+        message = {"op": "batch", "requests": [_wire(request) for request in requests]}
+        try:
+            return self._send_to_live_worker(message, len(requests))
+        except InvocationLost as lost:  # it died between the check and the send: while idle, no sample's fault
+            self._incidents.append(lost.error)
+            return self._send_to_live_worker(message, len(requests))
+
+    def _send_to_live_worker(self, message: dict[str, Any], count: int) -> int:
         if self._process is None or not self._alive():
             self._restart_dead_worker()
-        first, last_execution = self._take_ids(len(requests)), self._last_execution
-        self._send({"op": "batch", "id": first, "requests": [[r.entry_id, r.raw, r.problem] for r in requests]})
-        for index, request in enumerate(requests):
-            try:
-                reply = self._receive(first + index, self.timeout)
-            except InvocationLost as lost:
-                lost.error.update(sample_id=request.entry_id or "", sample_timestamp=_timestamp_of(request.raw))
-                raise
-            env = reply.pop("env", None)
-            outcome = Outcome(**reply, env=EnvData(*env) if env is not None else None)
-            if outcome.last_execution:
-                last_execution = datetime.fromisoformat(outcome.last_execution)
-            if outcome.env is not None:  # the batch is done: what a worker restarted while idle resumes from
-                self._env_data, self._last_execution = outcome.env.text, last_execution
-            yield outcome
+        first = self._take_ids(count)
+        self._send({**message, "id": first})
+        return first
 
     def env_data(self) -> EnvData:
         if self._process is None:
@@ -214,7 +235,18 @@ class Worker:
                                     f"os._exit(), a crash or running out of memory; {how}", None, None))
 
 
-def _timestamp_of(raw: str | None) -> str:
+def _wire(request: Request) -> list[Any]:
+    """A request as the worker receives it: text only, bytes that are not UTF-8 already refused."""
+    raw, problem = request.raw, request.problem
+    if isinstance(raw, (bytes, bytearray)):
+        try:
+            raw = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as error:
+            raw, problem = None, f"payload is not UTF-8 text ({error})"
+    return [request.entry_id, raw, problem]
+
+
+def _timestamp_of(raw: str | bytes | None) -> str:
     try:
         value = json.loads(raw).get("timestamp") if raw else None
     except (ValueError, AttributeError, RecursionError):

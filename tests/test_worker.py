@@ -114,6 +114,19 @@ def test_prints_are_captured_per_invocation_capped_and_never_reach_the_runtime_l
     assert log.stat().st_size < 100_000 and "spam" not in log.read_text()
 
 
+def test_with_log_level_debug_each_calls_prints_are_one_log_line(client, redis_url, tmp_path, processes):
+    path = write_function(tmp_path, 'def handler(input, context):\n    print("hello from", input["timestamp"])\n'
+                                    '    return {"ok": 1}\n')
+    samples = make_samples(2)
+    publish(client, samples)
+    log = tmp_path / "runtime.log"
+    with open(log, "w") as sink:
+        processes.append(spawn("runtime", runtime_env(redis_url, path, LOG_LEVEL="DEBUG"), stderr=sink))
+        wait_for(lambda: len(outputs(client, "out")) == 2, timeout=30)
+    lines = [line for line in log.read_text().splitlines() if "handler_output" in line]
+    assert len(lines) == 2 and f"hello from {samples[1]['timestamp']}" in lines[1], lines
+
+
 HANGING_WITH_CHILDREN = '''
 import os, subprocess, sys, time
 
@@ -196,6 +209,32 @@ def test_every_request_to_a_dead_worker_raises_invocation_lost_never_oserror(tmp
         worker.refresh()
         (outcome,) = worker.invoke_batch([Request("1-2", raw)])
         assert json.loads(outcome.output)["n"] == 42
+    finally:
+        worker.close()
+
+
+def test_samples_as_bytes_reach_the_handler_as_text_and_non_utf8_bytes_are_an_input_invalid_record(tmp_path):
+    worker = make_worker(tmp_path)
+    good = json.dumps(make_samples(1)[0]).encode()
+    try:
+        first, second, third = worker.invoke_batch([Request("1-1", good), Request("1-2", b'{"timestamp": "\xff"}'),
+                                                    Request("1-3", bytearray(good))])
+    finally:
+        worker.close()
+    assert json.loads(first.output)["n"] == 1 and json.loads(third.output)["n"] == 2
+    assert second.error["fault"] == "input_invalid" and "not UTF-8" in second.error["message"]
+
+
+def test_a_batch_abandoned_part_way_leaves_no_trace_in_the_env(tmp_path):
+    worker = make_worker(tmp_path)
+    requests = [Request(f"1-{i}", json.dumps(s)) for i, s in enumerate(make_samples(6))]
+    try:
+        assert [json.loads(o.output)["n"] for o in worker.invoke_batch(requests[:2])] == [1, 2]
+        batch = worker.invoke_batch(requests[2:])
+        assert json.loads(next(batch).output)["n"] == 3
+        batch.close()  # the caller stops reading: the worker must not go on counting unrecorded calls
+        worker.refresh()
+        assert [json.loads(o.output)["n"] for o in worker.invoke_batch(requests[2:4])] == [3, 4]
     finally:
         worker.close()
 
