@@ -1,16 +1,19 @@
 """The dashboard's data: read from Redis incrementally, kept in memory once for every viewer.
 
-Each stream is read once from its start (up to a day back), then only entries newer than the last
-id seen. Frames are typed by the shared schema module; charts get them windowed and downsampled.
+Samples come from the raw stream for short windows and from the collector's rollup tiers (10 s,
+1 min means) for long ones, falling back to raw when no tier exists (the course's collector).
+Everything is read defensively: a key of the wrong type, a bad entry or bytes that are not UTF-8
+cost only that key or entry, and the snapshot says what it skipped.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
-import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,17 +21,22 @@ from typing import Any
 import pandas as pd
 import redis
 
-from runtime import schema
-from runtime import status as status_times
+from app import entries
+from app.history import HISTORY_SECONDS, StreamHistory
+from app.timeline import Window
+from runtime import schema, status
+from runtime.schema import local_naive
 from runtime.config import RedisSettings, connect
 
-HISTORY_SECONDS = 24 * 3600
-READ_CHUNK = 10_000  # entries per XRANGE call while catching up
-STALE_AFTER_SECONDS = 15.0  # a runtime heartbeat older than this: runtime not running
+log = logging.getLogger(__name__)
+
 WINDOWS = {"1 min": 60, "5 min": 300, "15 min": 900, "1 h": 3600, "6 h": 6 * 3600, "24 h": 24 * 3600}
-MAX_POINTS = 1000  # per series: about a chart's width in pixels
-ENTRY_MS = "_entry_ms"  # bookkeeping column: the stream entry's server time
 EMBEDDED_OUTPUT_KEY = "metrics-output"
+# Rollup tiers (schema.ROLLUP_TIERS), coarsest last: (tier, longest window it serves).
+TIERS = (("10s", 6 * 3600), ("1m", HISTORY_SECONDS))
+RAW_UP_TO_SECONDS = 900  # windows up to 15 min draw every raw sample
+ERRORS_SHOWN = 200  # error records read for the outputs chart's marks
+EVENTS_KEPT = 200
 
 
 @dataclass(frozen=True)
@@ -55,196 +63,231 @@ class DashboardSettings:
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, float]:
-    """The numeric leaves of a handler's output, nested keys joined with '.'."""
+    """The numeric leaves of a handler's output, nested keys joined with '.'; NaN and inf are gaps."""
     if isinstance(value, Mapping):
         leaves: dict[str, float] = {}
         for key, item in value.items():
             leaves.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
         return leaves
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return {}
-    return {prefix or "output": float(value)}
+    number = float(value) if not isinstance(value, int) or abs(value) < 2**1023 else math.inf
+    return {prefix or "output": number if math.isfinite(number) else math.nan}
 
 
-def _entry_time(entry_id: str, timestamp: str | None) -> datetime:
-    if timestamp:
-        try:
-            return schema.parse_timestamp(timestamp)
-        except schema.SampleError:
-            pass
-    return datetime.fromtimestamp(schema.stream_id_millis(entry_id) / 1000)
+def _output_row(fields: Mapping[Any, Any]) -> dict[str, Any]:
+    return entries.output_row(fields, flatten)
 
 
-def output_rows(entries: list[tuple[str, dict]]) -> tuple[pd.DataFrame, int]:
-    """Output-stream entries as a frame of numeric outputs indexed by their sample's time."""
-    rows, times, ids, malformed = [], [], [], 0
-    for entry_id, fields in entries:
-        try:
-            output = json.loads(schema.entry_payload(fields, schema.OUTPUT_FIELD))
-        except (schema.SampleError, ValueError):
-            malformed += 1
-            continue
-        rows.append(flatten(output))
-        times.append(_entry_time(entry_id, fields.get(schema.TIMESTAMP)))
-        ids.append(entry_id)
-    frame = pd.DataFrame(rows, index=pd.DatetimeIndex(times, name="time"), dtype="float64")
-    frame["entry_id"] = ids
-    return frame, malformed
+def server_now(client: redis.Redis) -> datetime:
+    """The Redis server's clock as naive local time: the one clock every part of the system shares."""
+    seconds, micros = client.time()
+    return datetime.fromtimestamp(seconds + micros / 1e6)
 
 
-class StreamHistory:
-    """One stream's entries of the last day as a frame, topped up with only the entries that are new."""
-
-    def __init__(self, key: str, to_frame) -> None:
-        self.key = key
-        self.to_frame = to_frame
-        self.frame = pd.DataFrame(index=pd.DatetimeIndex([], name="time"))
-        self.last_id: str | None = None
-        self.malformed = 0
-
-    def refresh(self, client: redis.Redis) -> None:
-        start = f"({self.last_id}" if self.last_id else str(int((time.time() - HISTORY_SECONDS) * 1000))
-        parts = []
-        while True:
-            entries = client.xrange(self.key, min=start, count=READ_CHUNK)
-            if not entries:
-                break
-            frame, malformed = self.to_frame(entries)
-            self.malformed += malformed
-            # Where the entry sits in the stream (server ms), to forget what Redis trims.
-            frame[ENTRY_MS] = frame.pop("entry_id").str.split("-").str[0].astype("int64")
-            parts.append(frame)
-            self.last_id = entries[-1][0]
-            start = f"({self.last_id}"
-            if len(entries) < READ_CHUNK:
-                break
-        if parts:
-            new = pd.concat(parts)
-            self.frame = new if self.frame.empty else pd.concat([self.frame, new])
-            if not self.frame.index.is_monotonic_increasing:
-                self.frame = self.frame.sort_index(kind="stable")
-        if not self.frame.empty:
-            self._trim(client)
-
-    def _trim(self, client: redis.Redis) -> None:
-        """Keep a day at most, and nothing Redis has trimmed away: memory stays bounded by retention."""
-        keep = self.frame.index >= self.frame.index[-1] - pd.Timedelta(seconds=HISTORY_SECONDS)
-        oldest = client.xrange(self.key, count=1)
-        keep &= self.frame[ENTRY_MS].to_numpy() >= (schema.stream_id_millis(oldest[0][0]) if oldest else 0)
-        if not keep.all():
-            self.frame = self.frame.loc[keep]
+def dashboard_client(settings: RedisSettings) -> redis.Redis:
+    """A client whose replies never fail to decode: bytes that are not UTF-8 become lone surrogates."""
+    client = connect(settings, client_name="dashboard")
+    client.connection_pool.connection_kwargs["encoding_errors"] = "surrogateescape"
+    client.connection_pool.reset()
+    return client
 
 
 @dataclass
 class Snapshot:
-    """What one tick of the dashboard shows."""
+    """What one tick of the dashboard shows, already cut to the window."""
 
+    window: Window
     samples: pd.DataFrame
     outputs: pd.DataFrame
-    status: dict[str, str]
-    last_error: dict[str, str] | None
-    malformed_samples: int
-    malformed_outputs: int
-    outputs_from_plain_key: bool = False
+    status: status.Status
+    errors: pd.DataFrame  # time, fault, message of the error records in the window
+    events: pd.DataFrame  # time, end, kind, label: restarts, version changes
+    problems: list[str]  # keys of the wrong type and the like, as sentences
+    skipped_samples: int
+    skipped_outputs: int
+    skip_reason: str | None
+    future_samples: int
+    source: str  # "raw" or the tier's name
+    loading: bool = False  # older history still being read in the background
     latest_sample: dict[str, Any] | None = None
-
-    @property
-    def runtime_stale(self) -> bool:
-        beat = self.status.get("heartbeat")
-        if not beat:
-            return True
-        age = status_times.seconds_since(status_times.parse_instant(beat))  # the runtime writes zoned instants
-        return age is None or age > STALE_AFTER_SECONDS
+    outputs_from_plain_key: bool = False
+    top: dict[str, Any] | None = None
+    latest_raw: pd.DataFrame = field(default_factory=pd.DataFrame)  # the newest raw rows, for the KPIs
 
 
-@dataclass
+def _typename(client: redis.Redis, key: str) -> str:
+    try:
+        return str(client.type(key))
+    except redis.RedisError:
+        return "another type"
+
+
+@contextmanager
+def guarded(client: redis.Redis, problems: list[str], key: str, expected: str) -> Iterator[None]:
+    """A WRONGTYPE reply (or another server error) on one key is noted; the rest of the tick goes on."""
+    try:
+        yield
+    except redis.ResponseError as error:
+        if "WRONGTYPE" in str(error):
+            problems.append(f"`{key}` holds a {_typename(client, key)}, not a {expected}: skipped. "
+                            f"Delete or rename it (`DEL {key}`) so the collector or runtime can write it again.")
+        else:
+            problems.append(f"`{key}`: the server refused the read ({error}); skipped.")
+
+
+def choose_tier(seconds: float) -> str | None:
+    """The rollup tier a window reads first (None: raw samples)."""
+    if seconds <= RAW_UP_TO_SECONDS:
+        return None
+    return next((tier for tier, longest in TIERS if seconds <= longest), TIERS[-1][0])
+
+
+def _error_rows(records: list, window: Window) -> pd.DataFrame:
+    """Error records inside the window: time, fault, message (shortened for a tooltip)."""
+    rows = []
+    for _, fields in records:
+        record = status.error_from_fields(fields) or {}
+        moment = status.parse_instant(record.get("time"))
+        if moment is None:
+            continue
+        moment = pd.Timestamp(local_naive(moment))
+        if window.start <= moment <= window.end:
+            rows.append({"time": moment, "fault": record.get("fault", "?"),
+                         "message": (record.get("message") or "")[:300]})
+    return pd.DataFrame(rows, columns=["time", "fault", "message"])
+
+
 class MetricsStore:
-    """Every viewer's shared view of Redis: one client, one history per stream, one lock."""
+    """Every viewer's shared view of one host's keys: one client, one history per stream, one lock."""
 
-    settings: RedisSettings
-    keys: schema.Keys
-    client: redis.Redis = field(init=False)
-    lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    def __init__(self, settings: RedisSettings, keys: schema.Keys, client: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self.keys = keys
+        self.client = client or dashboard_client(settings)
+        self.lock = threading.Lock()
+        self.reset()
 
-    def __post_init__(self) -> None:
-        self.client = connect(self.settings, client_name="dashboard")
-        self.samples = StreamHistory(self.keys.input_stream, schema.entries_to_frame)
-        self.outputs = StreamHistory(self.keys.output_stream, output_rows) if self.keys.output else None
+    def reset(self) -> None:
+        """Forget everything read so far (after data that could not be drawn): the next tick rereads."""
+        keys = self.keys
+        self.raw = StreamHistory(keys.input_stream, entries.sample_row)
+        self.tiers = {tier: StreamHistory(keys.rollup(tier), entries.sample_row) for tier, _ in TIERS}
+        self.outputs = StreamHistory(keys.output_stream, _output_row) if keys.output else None
         self.polled: list[tuple[datetime, dict[str, float]]] = []  # outputs of a runtime that only SETs
         self._polled_last: str | None = None
+        self.events: list[dict[str, Any]] = []
+        self._seen: tuple[Any, Any] | None = None  # (started, function_version) of the last status
 
-    def snapshot(self) -> Snapshot:
-        """Top up every history and read the runtime's status; ConnectionError when Redis is away."""
+    def snapshot(self, seconds: float, end: datetime | None = None) -> Snapshot:
+        """Top up the histories for a window ending at `end` (default: the server's now)."""
         with self.lock:
-            self.samples.refresh(self.client)
-            latest_sample = self._latest_plain_sample() if self.samples.frame.empty else None
-            status, last_error, outputs, plain = {}, None, pd.DataFrame(), False
+            now = server_now(self.client)
+            window = Window.last(seconds, end or now)
+            problems: list[str] = []
+            now_ms = int(now.timestamp() * 1000)
+            need_ms = int(min(window.start.timestamp() * 1000, now_ms - seconds * 1000)) - 60_000
+            source, samples, loading = self._samples(problems, seconds, need_ms, now_ms)
+            snap = Snapshot(window=window, samples=window.clip(samples), outputs=pd.DataFrame(),
+                            status=status.Status(), errors=_error_rows([], window), events=pd.DataFrame(),
+                            problems=problems, skipped_samples=self.raw.skipped, skipped_outputs=0,
+                            skip_reason=self.raw.skip_reason, future_samples=window.future(samples),
+                            source=source, loading=loading)
+            snap.latest_raw = self.raw.frame.tail(2)
+            if self.raw.frame.empty:
+                snap.latest_sample = self._latest_plain_sample(problems)
+            snap.top = self._top(problems)
             if self.outputs is not None:
-                self.outputs.refresh(self.client)
-                status = self.client.hgetall(self.keys.status)
-                last = self.client.xrevrange(self.keys.errors, count=1)
-                last_error = last[0][1] if last else None
-                outputs = self.outputs.frame
-                if outputs.empty and self.outputs.last_id is None:
-                    outputs, plain = self._poll_plain_output(), bool(self.polled)
-            return Snapshot(self.samples.frame, outputs, status, last_error, self.samples.malformed,
-                            self.outputs.malformed if self.outputs else 0, plain, latest_sample)
+                self._outputs(snap, need_ms)
+            snap.events = self._events(snap.status, now)
+            return snap
 
-    def _latest_plain_sample(self) -> dict[str, Any] | None:
+    def _samples(self, problems: list[str], seconds: float, need_ms: int, now_ms: int):
+        tier = choose_tier(seconds)
+        if tier is not None:
+            history = self.tiers[tier]
+            with guarded(self.client, problems, history.key, "stream"):
+                history.refresh(self.client, need_ms)
+            if not history.frame.empty:
+                with guarded(self.client, problems, self.raw.key, "stream"):
+                    self.raw.refresh(self.client, now_ms - RAW_UP_TO_SECONDS * 1000)
+                return f"{tier} rollup", history.frame, history.loading
+        with guarded(self.client, problems, self.raw.key, "stream"):
+            self.raw.refresh(self.client, need_ms)
+        return "raw", self.raw.frame, self.raw.loading
+
+    def _outputs(self, snap: Snapshot, need_ms: int) -> None:
+        keys, client, problems = self.keys, self.client, snap.problems
+        with guarded(client, problems, self.outputs.key, "stream"):
+            self.outputs.refresh(client, need_ms)
+        with guarded(client, problems, keys.status, "hash"):
+            snap.status = status.Status.from_hash(client.hgetall(keys.status))
+        with guarded(client, problems, keys.errors, "stream"):
+            snap.errors = _error_rows(client.xrevrange(keys.errors, count=ERRORS_SHOWN), snap.window)
+        outputs = self.outputs.frame
+        if outputs.empty and self.outputs.last_id is None:
+            outputs = self._poll_plain_output(problems)
+            snap.outputs_from_plain_key = bool(self.polled)
+        snap.outputs = snap.window.clip(outputs)
+        snap.skipped_outputs = self.outputs.skipped
+        snap.skip_reason = snap.skip_reason or self.outputs.skip_reason
+        snap.loading = snap.loading or self.outputs.loading
+
+    def _events(self, current: status.Status, now: datetime) -> pd.DataFrame:
+        """Runtime restarts and function version changes, as this page has seen them."""
+        seen = (current.started, current.function_version)
+        if current.present and seen != self._seen:
+            previous, self._seen = self._seen, seen
+            if current.started is not None and (previous is None or previous[0] != current.started):
+                moment = pd.Timestamp(local_naive(current.started))
+                self.events.append({"time": moment, "end": moment, "kind": "restart",
+                                    "label": f"runtime started (pid {current.pid or '?'})"})
+            if previous is not None and previous[1] != current.function_version:
+                moment = pd.Timestamp(now)
+                self.events.append({"time": moment, "end": moment, "kind": "version",
+                                    "label": f"function version {current.function_version or '?'}"})
+            del self.events[:-EVENTS_KEPT]
+        return pd.DataFrame(self.events, columns=["time", "end", "kind", "label"])
+
+    def _latest_plain_sample(self, problems: list[str]) -> dict[str, Any] | None:
         """The course's collector writes only the key: show its latest sample at least."""
-        raw = self.client.get(self.keys.input)
-        try:
-            return schema.parse_sample(raw) if raw else None
-        except schema.SampleError:
-            return None
+        with guarded(self.client, problems, self.keys.input, "string"):
+            raw = self.client.get(self.keys.input)
+            try:
+                return schema.parse_sample(raw) if raw else None
+            except (schema.SampleError, ValueError):
+                problems.append(f"`{self.keys.input}` does not hold a sample in the course's format: skipped.")
+        return None
 
-    def _poll_plain_output(self) -> pd.DataFrame:
+    def _top(self, problems: list[str]) -> dict[str, Any] | None:
+        """The collector's top processes (`<input>:top`), if it writes them."""
+        key = self.keys.top
+        with guarded(self.client, problems, key, "string"):
+            raw = self.client.get(key)
+            if raw:
+                try:
+                    value = json.loads(raw)
+                except (ValueError, RecursionError):
+                    value = None
+                if isinstance(value, dict):
+                    return value
+                problems.append(f"`{key}` is not the collector's JSON object of top processes: skipped.")
+        return None
+
+    def _poll_plain_output(self, problems: list[str]) -> pd.DataFrame:
         """The course's runtime only SETs its output: keep a history of it from our own polling."""
-        raw = self.client.get(self.keys.output)
+        raw = None
+        with guarded(self.client, problems, self.keys.output, "string"):
+            raw = self.client.get(self.keys.output)
         if raw and raw != self._polled_last:
             self._polled_last = raw
             try:
-                self.polled.append((datetime.now(), flatten(json.loads(raw))))
-            except ValueError:
+                self.polled.append((server_now(self.client), flatten(json.loads(raw))))
+            except (ValueError, RecursionError):
                 pass
-            cutoff = datetime.now().timestamp() - HISTORY_SECONDS
+            cutoff = self.polled[-1][0].timestamp() - HISTORY_SECONDS if self.polled else 0
             self.polled = [(t, row) for t, row in self.polled if t.timestamp() >= cutoff]
         if not self.polled:
             return pd.DataFrame()
         times, rows = zip(*self.polled)
         return pd.DataFrame(list(rows), index=pd.DatetimeIndex(times, name="time"), dtype="float64")
-
-
-def window(frame: pd.DataFrame, seconds: float) -> pd.DataFrame:
-    """The rows of the last `seconds` before the newest row (not before now: no clock in the spec)."""
-    if frame.empty:
-        return frame
-    return frame.loc[frame.index >= frame.index[-1] - pd.Timedelta(seconds=seconds)]
-
-
-def downsample(frame: pd.DataFrame, seconds: float, max_points: int = MAX_POINTS) -> pd.DataFrame:
-    """At most about `max_points` rows: the mean of each time bucket, so a day draws like a minute."""
-    numeric = frame.select_dtypes("number").drop(columns=[ENTRY_MS], errors="ignore")
-    if len(numeric) <= max_points:
-        return numeric.astype("float64")
-    bucket = max(1, math.ceil(seconds / max_points))
-    return numeric.astype("float64").resample(f"{bucket}s").mean().dropna(how="all")
-
-
-def host_overview(client: redis.Redis, keys: schema.Keys) -> pd.DataFrame:
-    """One row per registered host: its latest CPU and memory, when it was last seen, and if it is stale."""
-    registry = client.hgetall(keys.hosts)
-    rows = []
-    for host in sorted(registry):
-        raw = client.get(keys.for_host(host).input)
-        try:
-            sample = schema.parse_sample(raw) if raw else {}
-        except schema.SampleError:
-            sample = {}
-        cpus = [sample[f] for f in schema.cpu_fields(sample)]
-        seen = datetime.fromisoformat(registry[host]) if registry[host] else None
-        age = (datetime.now() - seen).total_seconds() if seen else float("inf")
-        rows.append({"host": host, "CPU %": sum(cpus) / len(cpus) if cpus else None,
-                     "memory %": sample.get(schema.MEMORY_PERCENT), "last seen": registry[host],
-                     "stale": age > STALE_AFTER_SECONDS})
-    return pd.DataFrame(rows, columns=["host", "CPU %", "memory %", "last seen", "stale"])

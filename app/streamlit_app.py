@@ -6,9 +6,11 @@ by itself; with Redis configured it only reads.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
-from datetime import datetime
+import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `streamlit run app` from anywhere
@@ -16,42 +18,51 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `streamlit ru
 import redis  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from app import charts, data, embedded  # noqa: E402
-from runtime import schema  # noqa: E402
-from runtime import status as status_times  # noqa: E402
+from app import data, embedded, hosts, panels, views  # noqa: E402
+from app.stores import known_hosts, metrics_store  # noqa: E402
+from runtime.config import RedisSettings  # noqa: E402
+
+log = logging.getLogger(__name__)
+STARTING_SECONDS = 30.0  # an embedded stack younger than this is "starting", not "not running"
 
 st.set_page_config(page_title="Host metrics", page_icon="📈", layout="wide")
 
 settings = data.DashboardSettings.from_env(os.environ)
 
 
-@st.cache_resource(show_spinner="Starting the embedded Valkey server, collector and runtime…")
-def embedded_stack():
-    return embedded.start_embedded_stack()
-
-
 @st.cache_resource
-def metrics_store(redis_settings, keys) -> data.MetricsStore:
-    return data.MetricsStore(redis_settings, keys)
+def ready_since(url: str) -> float:
+    """When this app process first saw the embedded stack ready (its runtime needs a few seconds more)."""
+    return time.monotonic()
+
+
+@st.fragment(run_every=1.0)
+def wait_for_stack() -> None:
+    """While the embedded stack starts, say so; rerun the page once it is ready, or show why it failed."""
+    current = embedded.ensure_started()
+    if current.state is embedded.State.READY:
+        st.rerun(scope="app")
+    elif current.state is embedded.State.FAILED:
+        st.error(f"{current.message}. Fix the cause (the log is under DATA_DIR) and reload, or set REDIS_URL "
+                 "to read a Redis of your own.")
+    else:
+        st.info(f"{current.message} This takes a few seconds.")
 
 
 if settings.embedded:
-    stack, redis_settings = embedded_stack()
+    stack_status = embedded.ensure_started()
+    if stack_status.state is not embedded.State.READY:
+        wait_for_stack()
+        st.stop()
+    stack, redis_settings = stack_status.stack, RedisSettings(stack_status.stack.url)
+    starting = time.monotonic() - ready_since(stack.url) < STARTING_SECONDS
 else:
-    stack, redis_settings = None, settings.redis
-
-@st.cache_data(ttl=5, show_spinner=False)
-def known_hosts(_store: data.MetricsStore, registry: str) -> list[str]:
-    try:
-        return sorted(_store.client.hkeys(registry))
-    except redis.RedisError:
-        return []
-
+    stack, redis_settings, starting = None, settings.redis, False
 
 base_store = metrics_store(redis_settings, settings.keys)
-hosts = known_hosts(base_store, settings.keys.hosts)
+registry, invalid_hosts = known_hosts(base_store, settings.keys.hosts)
 
-# --- sidebar: connection, keys, controls ---------------------------------------------------------
+# --- sidebar: connection, host, window ------------------------------------------------------------
 with st.sidebar:
     st.header("Host metrics")
     if stack is not None:
@@ -62,131 +73,138 @@ with st.sidebar:
         st.info("Reading from a configured Redis; this app starts nothing.")
         st.text(f"Redis: {redis_settings.safe_url()}")
     host = None
-    if hosts:  # collectors with HOST_ID publish per host
-        host = st.selectbox("Host", hosts, help="Hosts whose collectors publish with HOST_ID")
+    if registry:  # collectors with HOST_ID publish per host; type to search
+        host = st.selectbox("Host", sorted(registry), help=f"{len(registry):,} hosts publish with HOST_ID; "
+                            "type to search")
+    if invalid_hosts:
+        st.caption(f"Skipped {invalid_hosts} registered host ids that are not node names.")
     keys = settings.keys.for_host(host) if host else settings.keys
     st.text(f"input key: {keys.input}")
     st.text(f"output key: {keys.output or '(none: set REDIS_OUTPUT_KEY)'}")
-    window_label = st.select_slider("Time window", options=list(data.WINDOWS), value="15 min")
-    live = st.toggle("Live", value=True, help=f"Refresh every {settings.refresh_seconds:g} s")
+    absolute = st.toggle("Pick a time range", help="Show a fixed stretch of the last day instead of the latest")
+    if absolute:
+        today = datetime.now()
+        day = st.date_input("Day", value=today.date(), min_value=(today - timedelta(days=1)).date(),
+                            max_value=today.date())
+        start_time = st.time_input("From", value=(today - timedelta(hours=1)).time().replace(microsecond=0))
+        end_time = st.time_input("To", value=today.time().replace(microsecond=0))
+        range_end = datetime.combine(day, end_time)
+        seconds = max(60.0, (range_end - datetime.combine(day, start_time)).total_seconds())
+    else:
+        range_end = None
+        window_label = st.segmented_control("Time window", list(data.WINDOWS), default="15 min",
+                                            required=True)
+        seconds = data.WINDOWS[window_label or "15 min"]
+    live = st.toggle("Live", value=not absolute, disabled=absolute,
+                     help=f"Refresh every {settings.refresh_seconds:g} s")
     cpu_view = st.radio("CPU view", ["auto", "lines", "heatmap"], horizontal=True,
                         help="auto: lines up to 8 cores, a heatmap beyond")
 
-seconds = data.WINDOWS[window_label]
 store = metrics_store(redis_settings, keys)
 
 
-def kpi(column, label: str, series, fmt: str, unit: str = "") -> None:
-    values = series.dropna() if series is not None else None
-    if values is None or values.empty:
-        column.metric(label, "–")
-        return
-    current = float(values.iloc[-1])
-    delta = current - float(values.iloc[-2]) if len(values) > 1 else None
-    column.metric(label, f"{current:{fmt}}{unit}", None if delta is None else f"{delta:+{fmt}}{unit}")
-
-
-def health(snapshot: data.Snapshot) -> None:
-    status = snapshot.status
-    st.subheader("Runtime health")
-    if not keys.output:
-        st.info("No output key configured (REDIS_OUTPUT_KEY): the runtime's outputs and health are not shown.")
-        return
-    if snapshot.outputs_from_plain_key:
-        st.info("Outputs come from a plain key (a runtime without an output stream, like the course's): "
-                "their history is what this dashboard has seen since it started.")
-        return
-    if not status:
-        st.warning(f"Runtime not running: no status at `{keys.status}` yet. "
-                   "Start it with `python -m runtime`.")
-        return
-    if snapshot.runtime_stale:
-        st.warning(f"Runtime not running or stuck: last heartbeat {status.get('heartbeat', 'never')}.")
-    columns = st.columns(5)
-    last_execution = status.get("last_execution", "")
-    age = ""
-    if last_execution:
-        seconds = status_times.seconds_since(status_times.parse_instant(last_execution))  # a zoned instant
-        age = f"{seconds:.0f} s ago" if seconds is not None else ""
-    columns[0].metric("Last execution", age or "never", help=last_execution)
-    columns[1].metric("Lag", f"{float(status.get('lag_seconds', 'nan')) * 1000:.0f} ms"
-                      if status.get("lag_seconds") else "–")
-    columns[2].metric("Invocations", f"{int(status.get('invocations', 0)):,}")
-    columns[3].metric("Errors", f"{int(status.get('errors', 0)):,}")
-    columns[4].metric("State", status.get("state", "?"), help=f"mode: {status.get('mode', '?')}")
-    st.caption(f"Function version: {status.get('function_version', 'unknown')}")
-    if status.get("env_durable") == "0":
-        st.warning(f"context.env is not durable (kept in memory only, lost on restart): {status.get('env_error')}")
-    if status.get("function_error"):
-        st.error(f"The function does not load: {status['function_error']}")
-    if snapshot.last_error:
-        error = snapshot.last_error
-        with st.expander(f"Latest error: {error.get('fault')} at {error.get('time')}"):
-            st.text(error.get("message", ""))
-            st.code(error.get("traceback") or "(no traceback)", language="text")
-
-
-run_every = settings.refresh_seconds if live else None
-
-
-@st.fragment(run_every=run_every)
-def live_panels() -> None:
+def read() -> data.Snapshot | None:
+    """The snapshot, or None after saying why Redis could not be read."""
     try:
-        snapshot = store.snapshot()
+        return store.snapshot(seconds, range_end)
     except redis.AuthenticationError:
         st.error(f"Redis at {redis_settings.safe_url()} refused the password. Set REDIS_PASSWORD "
                  "(or the password in REDIS_URL) to the server's.")
-        return
-    except redis.RedisError as error:
-        st.error(f"Cannot reach Redis at {redis_settings.safe_url()} ({error}). Start the server, fix "
-                 "REDIS_URL / REDIS_HOST / REDIS_PORT, or unset them to let this app start its own.")
-        return
-    samples = data.window(snapshot.samples, seconds)
-    if samples.empty:
-        if snapshot.latest_sample:
-            st.info(f"Only the plain `{keys.input}` key is written (no `{keys.input_stream}`): "
-                    f"latest sample at {snapshot.latest_sample[schema.TIMESTAMP]}. Charts need the stream; "
-                    "run `python -m runtime.collector` for history.")
+    except redis.ConnectionError as error:
+        if starting:
+            st.info("The embedded stack is starting: Valkey, the collector and the runtime come up in a few seconds.")
         else:
-            st.info(f"No samples yet in `{keys.input_stream}`. The collector publishes one every "
-                    "INTERVAL seconds; start it with `python -m runtime.collector` if it is not running.")
-        health(snapshot)
-        return
-    if snapshot.malformed_samples or snapshot.malformed_outputs:
-        st.caption(f"Skipped malformed entries: {snapshot.malformed_samples} samples, "
-                   f"{snapshot.malformed_outputs} outputs.")
-    cpu_columns = schema.cpu_fields(samples.columns)
-    kpis = st.columns(4)
-    kpi(kpis[0], "CPU (mean of cores)", samples[cpu_columns].mean(axis=1), ".1f", " %")
-    kpi(kpis[1], "Memory used", samples.get(schema.MEMORY_PERCENT), ".1f", " %")
-    kpi(kpis[2], "CPU frequency", samples.get(schema.CPU_FREQ), ",.0f", " MHz")
-    kpi(kpis[3], "Processes", samples.get(schema.N_PIDS), ",.0f")
+            st.error(f"Cannot reach Redis at {redis_settings.safe_url()} ({error}). Start the server, fix "
+                     "REDIS_URL / REDIS_HOST / REDIS_PORT, or unset them to let this app start its own.")
+    except redis.RedisError as error:
+        st.error(f"Redis at {redis_settings.safe_url()} answered with an error: {error}")
+    return None
 
-    small = data.downsample(samples, seconds)
-    outputs = data.downsample(data.window(snapshot.outputs, seconds), seconds)
-    cpu = charts.cpu_frame(small, outputs)
-    heatmap = cpu_view == "heatmap" or (cpu_view == "auto" and len(cpu_columns) > 8)
-    st.altair_chart(charts.cpu_heatmap(cpu) if heatmap else charts.cpu_lines(cpu), width="stretch")
 
-    left, right = st.columns(2)
-    left.altair_chart(charts.memory_chart(small), width="stretch")
-    right.altair_chart(charts.line_chart(charts.tidy(small, {schema.CPU_FREQ: "frequency"}),
-                                         "CPU frequency", "MHz"), width="stretch")
-    left, right = st.columns(2)
-    left.altair_chart(charts.line_chart(charts.tidy(small, {schema.N_PIDS: "processes"}),
-                                        "Number of processes", "processes"), width="stretch")
-    other = charts.output_series(outputs)
-    if other:
-        right.altair_chart(charts.line_chart(charts.tidy(outputs, other), "Function outputs", "value"),
-                           width="stretch")
+def notes(snapshot: data.Snapshot) -> None:
+    """What was skipped or is unusual, in one place above the charts."""
+    for problem in snapshot.problems:
+        st.warning(problem)
+    if snapshot.skipped_samples or snapshot.skipped_outputs:
+        st.caption(f"Skipped malformed entries: {snapshot.skipped_samples} samples, "
+                   f"{snapshot.skipped_outputs} outputs (latest: {snapshot.skip_reason}).")
+    if snapshot.future_samples:
+        st.warning(f"{snapshot.future_samples} samples are stamped after the server's now "
+                   f"({snapshot.window.end:%Y-%m-%d %H:%M:%S}): a collector's clock runs ahead. Not drawn.")
+    if snapshot.loading:
+        st.caption("Reading older history in the background; the window fills in within seconds.")
+    source = "every sample" if snapshot.source == "raw" else f"the collector's {snapshot.source} means"
+    state = "Live" if live else "⏸ Paused"
+    st.caption(f"{state}: {panels.stamp(snapshot.window)} (server time), from {source}.")
+
+
+def no_samples(snapshot: data.Snapshot) -> None:
+    if starting:
+        st.info("The embedded stack is starting: the first samples arrive within a few seconds.")
+    elif snapshot.latest_sample:
+        st.info(f"Only the plain `{keys.input}` key is written (no `{keys.input_stream}`): latest sample at "
+                f"{snapshot.latest_sample.get('timestamp')}. Charts need the stream; run "
+                "`python -m runtime.collector` for history.")
     else:
-        right.info("The function has stored no numeric outputs in this window yet.")
-    health(snapshot)
-    if len(hosts) > 1:
-        st.subheader("All hosts")
-        st.dataframe(data.host_overview(store.client, settings.keys), hide_index=True,
-                     column_config={"CPU %": st.column_config.NumberColumn(format="%.1f"),
-                                    "memory %": st.column_config.NumberColumn(format="%.1f")})
+        st.info(f"No samples in this window in `{keys.input_stream}`. The collector publishes one every "
+                "INTERVAL seconds; start it with `python -m runtime.collector` if it is not running.")
+
+
+def draw(snapshot: data.Snapshot) -> None:
+    notes(snapshot)
+    if snapshot.samples.empty:
+        no_samples(snapshot)
+        panels.health(snapshot, keys.output, starting)
+        return
+    view = views.build(snapshot)
+    panels.kpis(snapshot, view)
+    panels.cpu_panel(view, snapshot.window, cpu_view)
+    panels.host_panels(view, snapshot.window)
+    panels.extra_panels(snapshot, view, snapshot.window)
+    panels.top_processes(snapshot.top)
+    panels.outputs_panel(view, snapshot, snapshot.window)
+    panels.health(snapshot, keys.output, starting)
+
+
+def all_hosts() -> None:
+    st.subheader(f"All hosts ({len(registry):,})")
+    left, right = st.columns(2)
+    sort = left.selectbox("Sort by", list(hosts.SORTS))
+    overview = hosts.host_overview(store.client, settings.keys, registry, data.server_now(store.client))
+    pages = hosts.page_count(len(overview))
+    page = right.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1) - 1
+    st.dataframe(hosts.sorted_page(overview, sort, page), hide_index=True, width="stretch",
+                 column_config={"CPU %": st.column_config.NumberColumn(format="%.1f"),
+                                "memory %": st.column_config.NumberColumn(format="%.1f"),
+                                "seen s ago": st.column_config.NumberColumn(format="%.0f")})
+
+
+@st.fragment(run_every=settings.refresh_seconds if live else None)
+def live_panels() -> None:
+    try:
+        snapshot = read()
+        if snapshot is None:
+            return
+        draw(snapshot)
+        if len(registry) > 1:
+            all_hosts()
+    except Exception as error:  # data the page cannot draw: say so, forget it, reread on the next tick
+        log.exception("a tick could not be drawn")
+        st.warning(f"Skipped this tick: the data read could not be used ({type(error).__name__}: "
+                   f"{str(error)[:300]}). The page rereads its data on the next tick.")
+        store.reset()
 
 
 live_panels()
+
+
+def export_section() -> None:
+    """Outside the live part, so a button stays the same between ticks; files are built on click."""
+    try:
+        snapshot = store.snapshot(seconds, range_end)
+    except Exception:  # the live part already says why
+        return
+    panels.downloads(snapshot)
+
+
+export_section()

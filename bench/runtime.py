@@ -4,6 +4,7 @@
     python -m bench.runtime freshness    # sample published -> output visible, at 1 and 10 samples/s
     python -m bench.runtime throughput   # sustained invocations/s on a burst; duplicates and misses
     python -m bench.runtime idle         # CPU at one sample per 5 s, ours beside the baseline
+    python -m bench.runtime rate         # usermodule.py at 100 samples/s: lag with its env stored less often
 
 Freshness runs three consumers on the same samples at once: our runtime on the stream, our runtime
 polling the plain key (INTERVAL=5), and the baseline that behaves like the reference (GET every 5 s,
@@ -13,11 +14,11 @@ re-running the handler on unchanged input).
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -47,37 +48,60 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": ordered[-1]}
 
 
-class Watcher(threading.Thread):
-    """Records when each sample's output first becomes visible, and how often a sample is handled."""
+def watch(port: int, key: str, stream: bool, stop, ready, results) -> None:
+    """Record when each sample's output first becomes visible, and how often a sample is handled.
 
-    def __init__(self, client: redis.Redis, output_key: str, stream: bool) -> None:
-        super().__init__(daemon=True)
-        self.client, self.key, self.stream = client, output_key, stream
+    Runs in a process of its own, so its timing shares no interpreter with the publisher or the others.
+    """
+    client = redis.Redis(port=port, decode_responses=True)
+    seen: dict[str, float] = {}
+    handled: dict[str, int] = {}
+
+    def record(ts: str, now: float) -> None:
+        seen.setdefault(ts, now)
+        handled[ts] = handled.get(ts, 0) + 1
+
+    if stream:
+        newest = client.xrevrange(f"{key}:stream", count=1)
+        cursor = newest[0][0] if newest else "0-0"
+        ready.set()
+        while not stop.is_set():
+            reply = client.xread({f"{key}:stream": cursor}, block=200)
+            now = time.time()
+            for entry_id, fields in reply[0][1] if reply else ():
+                cursor = entry_id
+                record(json.loads(fields[schema.OUTPUT_FIELD])["ts"], now)
+    else:
+        last = client.get(key)
+        ready.set()
+        while not stop.is_set():
+            raw = client.get(key)  # the baseline SETs every interval, changed or not
+            if raw is not None and raw != last:
+                last = raw
+                record(json.loads(raw)["ts"], time.time())
+            time.sleep(0.002)
+    results.put((seen, handled))
+
+
+class Watcher:
+    """A watching process (see watch()); seen and handled once finished."""
+
+    def __init__(self, port: int, output_key: str, stream: bool) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.stop, self.ready, self.results = context.Event(), context.Event(), context.Queue()
+        self.process = context.Process(target=watch, args=(port, output_key, stream, self.stop, self.ready,
+                                                           self.results), daemon=True)
         self.seen: dict[str, float] = {}
         self.handled: dict[str, int] = {}
-        self.stop = threading.Event()
 
-    def run(self) -> None:
-        if self.stream:
-            cursor = "$"
-            while not self.stop.is_set():
-                reply = self.client.xread({f"{self.key}:stream": cursor}, block=200)
-                now = time.time()
-                for entry_id, fields in reply[0][1] if reply else ():
-                    cursor = entry_id
-                    self._record(json.loads(fields[schema.OUTPUT_FIELD])["ts"], now)
-        else:
-            last = None
-            while not self.stop.is_set():
-                raw = self.client.get(self.key)  # the baseline SETs every interval, changed or not
-                if raw is not None and raw != last:
-                    last = raw
-                    self._record(json.loads(raw)["ts"], time.time())
-                time.sleep(0.002)
+    def start(self) -> None:
+        self.process.start()
+        self.ready.wait(30)
 
-    def _record(self, ts: str, now: float) -> None:
-        self.seen.setdefault(ts, now)
-        self.handled[ts] = self.handled.get(ts, 0) + 1
+    def finish(self) -> None:
+        self.stop.set()
+        self.seen, self.handled = self.results.get(timeout=30)
+        self.process.join(10)
 
 
 def freshness() -> dict:
@@ -103,15 +127,14 @@ def freshness() -> dict:
             time.sleep(6)
             # 0.1/s: the collector slower than the runtime polls, where the reference re-runs stale samples.
             for rate, seconds in ((1, 30), (10, 10), (0.1, 40)):
-                watchers = {name: Watcher(client, env["REDIS_OUTPUT_KEY"], stream)
+                watchers = {name: Watcher(server.port, env["REDIS_OUTPUT_KEY"], stream)
                             for name, (env, _, stream) in consumers.items()}
                 for watcher in watchers.values():
                     watcher.start()
                 published = publish_at(client, rate, seconds)
                 time.sleep(6)  # one more polling period for the slow consumers
                 for name, watcher in watchers.items():
-                    watcher.stop.set()
-                    watcher.join()
+                    watcher.finish()
                     latencies = [(watcher.seen[ts] - t) * 1000 for ts, t in published.items() if ts in watcher.seen]
                     stats = percentiles(latencies)
                     missed = sum(ts not in watcher.seen for ts in published)
@@ -213,10 +236,26 @@ def burst(client: redis.Redis, payloads: list[str]) -> list[str]:
 IDLE_PERIOD_SECONDS = 5.0  # one sample per 5 s: the course's interval
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    """CPU time of a process and its children, to the nanosecond where Linux tells (schedstat).
+
+    psutil's cpu_times() counts clock ticks of 10 ms: over a minute that is 0.017 % of a core per tick,
+    too coarse for an idle process.
+    """
+    total = 0.0
+    for member in (process, *process.children(recursive=True)):
+        try:
+            tasks = os.listdir(f"/proc/{member.pid}/task")
+            total += sum(int(open(f"/proc/{member.pid}/task/{task}/schedstat").read().split()[0])
+                         for task in tasks) / 1e9
+        except (OSError, ValueError, IndexError):
+            times = member.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 def idle(seconds: float = 60.0) -> dict:
     """CPU of ours and of the baseline at one sample per 5 s: what the wake-ups between samples cost."""
-    from bench.overhead import usage
-
     results, rows = {}, []
     with valkey() as server:
         client = redis.Redis(port=server.port, decode_responses=True)
@@ -230,11 +269,11 @@ def idle(seconds: float = 60.0) -> dict:
         try:
             publish_at(client, 1 / IDLE_PERIOD_SECONDS, 10)  # start-up and first loads are not measured
             handles = {name: psutil.Process(p.pid) for name, p in processes.items()}
-            before = {name: usage(handle)[0] for name, handle in handles.items()}
+            before = {name: cpu_seconds(handle) for name, handle in handles.items()}
             started = time.monotonic()
             publish_at(client, 1 / IDLE_PERIOD_SECONDS, seconds)
             elapsed = time.monotonic() - started
-            after = {name: usage(handle)[0] for name, handle in handles.items()}
+            after = {name: cpu_seconds(handle) for name, handle in handles.items()}
         finally:
             for process in processes.values():
                 process.terminate()
@@ -248,9 +287,42 @@ def idle(seconds: float = 60.0) -> dict:
     return results
 
 
+def rate(per_second: float = 100.0, seconds: float = 75.0, measured: float = 15.0) -> dict:
+    """The example function at `per_second` samples: lag once its one-minute windows are full (the last
+    `measured` seconds), with the env stored with every commit and at most once a second (the default)."""
+    results, rows = {}, []
+    with valkey() as server:
+        client = redis.Redis(port=server.port, decode_responses=True)
+        for label, every in (("env with every commit (ENV_CHECKPOINT_SECONDS=0)", "0"),
+                             ("env at most every 1 s (default)", "1")):
+            client.flushall()
+            process = spawn("runtime", {"REDIS_URL": server.connection_url, "REDIS_OUTPUT_KEY": "r",
+                                        "FUNCTION_PATH": str(REPO / "usermodule.py"), "ENV_CHECKPOINT_SECONDS": every})
+            watcher = Watcher(server.port, "r", stream=True)
+            try:
+                time.sleep(3)
+                watcher.start()
+                published = publish_at(client, per_second, seconds)
+                time.sleep(3)
+                watcher.finish()
+            finally:
+                process.terminate()
+                process.wait(10)
+            last = sorted(published.items(), key=lambda item: item[1])[-int(per_second * measured):]
+            stats = percentiles([(watcher.seen[ts] - t) * 1000 for ts, t in last if ts in watcher.seen])
+            missed = sum(ts not in watcher.seen for ts in published)
+            results[label] = {**stats, "samples": len(published), "missed": missed}
+            rows.append([label, *(f"{stats[k]:,.1f}" for k in ("p50", "p90", "p99", "max")), missed])
+    print(f"Lag of usermodule.py at {per_second:g} samples/s, 8 CPUs, last {measured:g} s of {seconds:g} s, ms")
+    print(table(["env", "p50", "p90", "p99", "max", "missed"], rows))
+    return results
+
+
 def main(argv: list[str]) -> int:
-    which = argv[1:] or ["freshness", "throughput", "idle"]
+    which = argv[1:] or ["freshness", "throughput", "idle", "rate"]
     results = {}
+    if "rate" in which:
+        results["rate"] = rate()
     if "idle" in which:
         results["idle"] = idle()
     if "throughput" in which:

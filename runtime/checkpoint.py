@@ -20,18 +20,40 @@ from runtime.invoke import EMPTY_ENV
 log = logging.getLogger(__name__)
 
 
+ENV_SEPARATOR = ', "env": '  # the env comes last in the document, after this (the commit script splices there)
+
+
 @dataclass(frozen=True)
 class Checkpoint:
+    """Where the loop is, and the env as of `env_cursor` (at or before `cursor`: replay the samples between)."""
+
     cursor: cursors.Cursor | None = None
     env_text: str | None = EMPTY_ENV  # envcodec JSON text; None when the env is not durable
     last_execution: datetime | None = None
+    env_cursor: cursors.Cursor | None = None  # the cursor the env was taken at, when not `cursor`
+    env_error: str | None = None  # why the env is not durable (env_text None)
 
-    def to_json(self, env_error: str | None) -> str:
+    def header(self) -> str:
+        """The document up to the env: everything but the env itself, which may be kept from the stored one."""
+        env_cursor = self.env_cursor or self.cursor
+        return json.dumps({"cursor": self.cursor.text() if self.cursor else None,
+                           "env_cursor": env_cursor.text() if env_cursor else None,
+                           "env_durable": self.env_error is None, "env_error": self.env_error,
+                           "last_execution": self.last_execution.isoformat() if self.last_execution else None})[:-1]
+
+    def env_json(self) -> str:
+        return self.env_text if self.env_text is not None else "null"
+
+    def to_json(self) -> str:
         """The stored document, with the env's JSON text spliced in as it came."""
-        fields = json.dumps({"cursor": self.cursor.text() if self.cursor else None,
-                             "env_durable": env_error is None, "env_error": env_error,
-                             "last_execution": self.last_execution.isoformat() if self.last_execution else None})
-        return f'{fields[:-1]}, "env": {self.env_text if self.env_text is not None else "null"}}}'
+        return f"{self.header()}{ENV_SEPARATOR}{self.env_json()}}}"
+
+    def replay_from(self) -> cursors.StreamCursor | None:
+        """The cursor after which samples must run again to bring the env up to `cursor`; None if none."""
+        env_cursor = self.env_cursor or self.cursor
+        if isinstance(env_cursor, cursors.StreamCursor) and isinstance(self.cursor, cursors.StreamCursor):
+            return env_cursor if env_cursor.order() < self.cursor.order() else None
+        return None
 
 
 class CheckpointStore:
@@ -61,8 +83,15 @@ def parse(text: str) -> Checkpoint:
     last = state.get("last_execution")
     if env is not None:
         envcodec.decode(env)  # refuse it here, not in the worker
-    return Checkpoint(cursor=cursors.parse(state.get("cursor")), env_text=None if env is None else json.dumps(env),
-                      last_execution=datetime.fromisoformat(last) if last else None)
+    cursor = cursors.parse(state.get("cursor"))
+    return Checkpoint(cursor=cursor, env_text=None if env is None else json.dumps(env),
+                      last_execution=datetime.fromisoformat(last) if last else None,
+                      env_cursor=_other_than(cursors.parse(state.get("env_cursor")), cursor),
+                      env_error=state.get("env_error") if isinstance(state.get("env_error"), str) else None)
+
+
+def _other_than(env_cursor: cursors.Cursor | None, cursor: cursors.Cursor | None) -> cursors.Cursor | None:
+    return None if env_cursor == cursor else env_cursor
 
 
 class MemoryCheckpoints:

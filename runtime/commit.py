@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import redis
 
 from runtime import schema
-from runtime.checkpoint import Checkpoint, MemoryCheckpoints
+from runtime.checkpoint import ENV_SEPARATOR, Checkpoint, MemoryCheckpoints
 from runtime.config import ERRORS_KEPT
 from runtime.keytypes import KeyTypeError
 from runtime.lease import LeaseLost
@@ -23,10 +23,11 @@ from runtime.lease import LeaseLost
 log = logging.getLogger(__name__)
 
 # KEYS: lease, output, output stream, errors stream, state, status.
-# ARGV: holder, retention ms, errors kept, state JSON, latest output ('' for none), then three
-# counted lists: output-stream entries and error entries (each a count of fields then the pairs),
-# status fields (pairs) and status counters (pairs).
+# ARGV: holder, retention ms, errors kept, the checkpoint up to its env, the env's JSON ('' keeps the
+# stored one), latest output ('' for none), then counted lists: output-stream entries and error
+# entries (each a count of fields then the pairs), status fields (pairs), status counters (pairs).
 COMMIT = """
+local separator = '<<ENV_SEPARATOR>>'
 local expected = {'string', 'string', 'stream', 'stream', 'string', 'hash'}
 for i, key in ipairs(KEYS) do
   local found = redis.call('TYPE', key)['ok']
@@ -36,7 +37,7 @@ local holder = redis.call('GET', KEYS[1])
 if holder ~= ARGV[1] then return {'lease', tostring(holder)} end
 local now = redis.call('TIME')
 local minid = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[2]))
-local i = 6
+local i = 7
 local function entries(add)
   local count = tonumber(ARGV[i]); i = i + 1
   for _ = 1, count do
@@ -46,8 +47,14 @@ local function entries(add)
 end
 entries(function(pairs) redis.call('XADD', KEYS[3], 'MINID', '~', minid, '*', unpack(pairs)) end)
 entries(function(pairs) redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', unpack(pairs)) end)
-if ARGV[5] ~= '' then redis.call('SET', KEYS[2], ARGV[5]) end
-redis.call('SET', KEYS[5], ARGV[4])
+if ARGV[6] ~= '' then redis.call('SET', KEYS[2], ARGV[6]) end
+local env = ARGV[5]
+if env == '' then
+  local stored = redis.call('GET', KEYS[5])
+  local at = stored and string.find(stored, separator, 1, true)
+  env = at and string.sub(stored, at + #separator, -2) or 'null'
+end
+redis.call('SET', KEYS[5], ARGV[4] .. separator .. env .. '}')
 local count = tonumber(ARGV[i]); i = i + 1
 if count > 0 then redis.call('HSET', KEYS[6], unpack(ARGV, i, i + 2 * count - 1)) end
 i = i + 2 * count
@@ -74,13 +81,14 @@ class Committer:
     def __init__(self, client: redis.Redis, keys: schema.Keys, retention_seconds: float) -> None:
         self.keys = keys
         self.retention_ms = int(retention_seconds * 1000)
-        self._script = client.register_script(COMMIT)
+        self._script = client.register_script(COMMIT.replace("<<ENV_SEPARATOR>>", ENV_SEPARATOR))
 
-    def commit(self, holder: str, checkpoint: Checkpoint, env_error: str | None, effects: Effects) -> None:
-        """Apply every write or none; LeaseLost or KeyTypeError say why none."""
+    def commit(self, holder: str, checkpoint: Checkpoint, effects: Effects, with_env: bool = True) -> None:
+        """Apply every write or none; LeaseLost or KeyTypeError say why none. Without env: keep the stored one."""
         keys = [self.keys.lease, self.keys.output, self.keys.output_stream, self.keys.errors, self.keys.state,
                 self.keys.status]
-        args: list[str | int] = [holder, self.retention_ms, ERRORS_KEPT, checkpoint.to_json(env_error), effects.latest_output or ""]
+        args: list[str | int] = [holder, self.retention_ms, ERRORS_KEPT, checkpoint.header(),
+                                 checkpoint.env_json() if with_env else "", effects.latest_output or ""]
         for entries in (effects.outputs, effects.errors):
             args.append(len(entries))
             for entry in entries:
@@ -105,5 +113,5 @@ class MemoryCommitter:
     def __init__(self, checkpoints: MemoryCheckpoints) -> None:
         self.checkpoints = checkpoints
 
-    def commit(self, holder: str, checkpoint: Checkpoint, env_error: str | None, effects: Effects) -> None:
+    def commit(self, holder: str, checkpoint: Checkpoint, effects: Effects, with_env: bool = True) -> None:
         self.checkpoints.latest = dataclasses.replace(checkpoint, env_text=None)

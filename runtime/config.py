@@ -35,6 +35,7 @@ DEFAULT_BATCH = 256  # samples read and committed together when a backlog builds
 ERRORS_KEPT = 1000  # entries of the errors stream
 DEFAULT_HANDLER_TIMEOUT = 30.0
 DEFAULT_HTTP_PORT = 8080
+DEFAULT_ENV_CHECKPOINT_SECONDS = 1.0  # the env is stored at most this often; the samples since replay on restart
 DEFAULT_LEASE_SECONDS = 5.0  # a standby takes over this long after the active runtime died
 
 # The block of one XREAD when no sample comes. A stop wakes it at once; the liveness probe expects a
@@ -195,6 +196,7 @@ class RuntimeConfig:
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     handler_memory_mb: int = 0  # 0: no limit
     block_seconds: float = DEFAULT_BLOCK_SECONDS
+    env_checkpoint_seconds: float = DEFAULT_ENV_CHECKPOINT_SECONDS  # 0: with every commit
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RuntimeConfig:
@@ -222,6 +224,7 @@ class RuntimeConfig:
             lease_seconds=_number(env, "LEASE_SECONDS", DEFAULT_LEASE_SECONDS, 1),
             handler_memory_mb=int(_number(env, "HANDLER_MEMORY_MB", 0, 0)),
             block_seconds=_number(env, "BLOCK_SECONDS", DEFAULT_BLOCK_SECONDS, 0.01, MAX_BLOCK_SECONDS),
+            env_checkpoint_seconds=_number(env, "ENV_CHECKPOINT_SECONDS", DEFAULT_ENV_CHECKPOINT_SECONDS, 0, 3600),
         )
 
 

@@ -86,8 +86,8 @@ class Invoker(Protocol):
     def refresh(self) -> bool:
         """Load or reload the function if its files changed; True when a new version is in use."""
 
-    def invoke_batch(self, requests: Sequence[Request]) -> Iterator[Outcome]:
-        """One Outcome per request, in order, each as it finishes; the last one carries the env.
+    def invoke_batch(self, requests: Sequence[Request], with_env: bool = True) -> Iterator[Outcome]:
+        """One Outcome per request, in order, each as it finishes; the last one carries the env if `with_env`.
 
         Raises InvocationLost at a request that did not return (timeout, dead worker): the requests
         after it are not run, and the env of the batch is gone; the next batch starts from what
@@ -103,8 +103,17 @@ class Invoker(Protocol):
     def close(self) -> None:
         """Stop whatever runs the handler."""
 
-    # Optional: take_incidents() -> list of error records of faults no sample caused (a worker that
-    # died while idle); emptied by the call. Worker and InProcess have it.
+
+
+class EnvLost(Exception):
+    """The worker died between invocations, and the env it held with it: rewind from the checkpoint.
+
+    No sample caused it, so none is charged; `error` is the record that says what happened.
+    """
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(error["message"])
+        self.error = error
 
 
 class InvocationLost(Exception):
@@ -234,10 +243,11 @@ class InProcess:
         """Load or reload the function if its files changed; True when a new version is in use."""
         return self.function.refresh()
 
-    def invoke_batch(self, requests: Sequence[Request]) -> Iterator[Outcome]:
+    def invoke_batch(self, requests: Sequence[Request], with_env: bool = True) -> Iterator[Outcome]:
         for index, request in enumerate(requests):
             outcome = Outcome(**call(self.function, self.context, self.settings, request, self.tail))
-            yield outcome if index < len(requests) - 1 else dataclasses.replace(outcome, env=self.env_data())
+            last = with_env and index == len(requests) - 1
+            yield dataclasses.replace(outcome, env=self.env_data()) if last else outcome
 
     def env_data(self) -> EnvData:
         return EnvData(*encode_env(self.context.env))
@@ -248,6 +258,3 @@ class InProcess:
 
     def close(self) -> None:
         pass
-
-    def take_incidents(self) -> list[dict[str, Any]]:
-        return []  # nothing runs between invocations here

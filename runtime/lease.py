@@ -190,6 +190,8 @@ class LeaseKeeper(threading.Thread):
 
     def tick(self) -> bool:
         """Renew or try to take the lease, with the heartbeat; whether we hold it."""
+        if isinstance(self.lease, NoLease):
+            return True
         try:
             held = self.lease.hold(self.heartbeat())
             self._report(None)
@@ -219,7 +221,5 @@ class LeaseKeeper(threading.Thread):
         self.problem = problem
 
     def run(self) -> None:
-        if isinstance(self.lease, NoLease):
-            return
-        while not self.stop.wait(self.period):
+        while not isinstance(self.lease, NoLease) and not self.stop.wait(self.period):
             self.tick()

@@ -28,11 +28,12 @@ from runtime.commit import Committer, Effects, MemoryCommitter
 from runtime.config import BACKOFF_CAP_SECONDS, RuntimeConfig
 from runtime.cursor import StreamCursor
 from runtime.faults import Fault, record
-from runtime.invoke import FunctionSettings, InProcess, InvocationLost, Invoker, Outcome, Request
+from runtime.invoke import EnvLost, FunctionSettings, InProcess, InvocationLost, Invoker, Outcome
 from runtime.keytypes import KeyTypeError
 from runtime.lease import Lease, LeaseKeeper, LeaseLost, LeaseUnavailable, NoLease
 from runtime.observe import Health, Metrics
 from runtime.reader import Reader, Sample
+from runtime.rewind import rewind
 from runtime.status import State
 from runtime.statuswriter import NullStatus, StatusWriter
 from runtime.worker import Worker
@@ -65,6 +66,7 @@ class Runtime:
         self.lost: dict[object, dict[str, Any]] = {}  # cursor -> error of an invocation that did not return
         self._restored = False
         self._reported_load_error: str | None = None
+        self._env_due_at = 0.0  # monotonic time from which the next commit stores the env
 
     @property
     def ready(self) -> bool:
@@ -101,6 +103,12 @@ class Runtime:
         try:
             self._step()
             return FIRST_BACKOFF_SECONDS
+        except EnvLost as lost:  # the worker died between batches: no sample's fault, rewind to the checkpoint
+            log.warning("env_lost error=%s; rewinding to the checkpoint", lost)
+            self.metrics.errors.labels(fault=lost.error["fault"]).inc()
+            self.status.store_error(lost.error)
+            self._restored = False
+            return FIRST_BACKOFF_SECONDS
         except redis.RedisError as error:  # unreachable, restarting, out of memory, read-only
             self.ready = False
             self.health.progress()  # waiting for Redis is not a stall a restart would cure
@@ -122,18 +130,19 @@ class Runtime:
     def _step(self) -> None:
         if not self._active():
             return
-        if not self._restored:
-            self._restore()
         if not self._function_ready():
             return
+        if not self._restored:
+            self._restore()  # after the function loaded: the samples since the stored env run again
         self.ready = True
         batch = self.reader.next_batch(self.committed.cursor)
         self.status.set(mode=self.reader.mode)
         if batch:
             self._function_ready()  # an edit made while we waited for samples applies to them
-            done = self._invoke(batch)
+            with_env = self._env_due(batch[-1])
+            done = self._invoke(batch, with_env)
             if done:
-                self._commit(done)
+                self._commit(done, with_env)
         self.health.progress()
 
     def _active(self) -> bool:
@@ -174,11 +183,7 @@ class Runtime:
         if stored.cursor != self.committed.cursor or self.status.problem:
             log.info("resumed cursor=%s", stored.cursor and stored.cursor.text())
         self.committed = stored
-        if stored.env_text is None:  # kept in memory only: what is there is the best there is
-            log.warning("env_not_restored cursor=%s: the env is not durable, so it is not rolled back",
-                        stored.cursor and stored.cursor.text())
-        else:
-            self.invoker.restore(stored.env_text, stored.last_execution)
+        rewind(self.invoker, stored, self.client, self.config.keys)
         self._restored = True
         self.status.started()
         self.status.set(State.RUNNING, problem="")
@@ -218,7 +223,13 @@ class Runtime:
 
     # --- call -----------------------------------------------------------------------------------
 
-    def _invoke(self, batch: list[Sample]) -> Done | None:
+    def _env_due(self, last: Sample) -> bool:
+        """Store the env with this commit? Every ENV_CHECKPOINT_SECONDS, and whenever there is no stream to replay."""
+        stored_at = self.committed.env_cursor or self.committed.cursor
+        return (time.monotonic() >= self._env_due_at or not isinstance(last.cursor, StreamCursor)
+                or not isinstance(stored_at, StreamCursor))
+
+    def _invoke(self, batch: list[Sample], with_env: bool) -> Done | None:
         """Run the batch up to a sample lost before (recorded, not run again); None when one is lost now."""
         if batch[0].cursor in self.lost:  # it hung or killed its worker before: recorded, not run again
             error = self.lost.pop(batch[0].cursor)
@@ -227,7 +238,7 @@ class Runtime:
         done: Done = []
         self.health.calling(True)
         try:
-            for sample, outcome in zip(run, self.invoker.invoke_batch([_request(s) for s in run])):
+            for sample, outcome in zip(run, self.invoker.invoke_batch([s.request() for s in run], with_env)):
                 self.metrics.duration.observe(outcome.duration)
                 done.append((sample, outcome))
         except InvocationLost as lost:
@@ -247,25 +258,39 @@ class Runtime:
         self.lost[sample.cursor] = error
         log.warning("invocation_lost sample=%s fault=%s error=%s; re-reading from cursor=%s", sample.cursor.text(),
                     error["fault"], error["message"], self.committed.cursor and self.committed.cursor.text())
-        self.invoker.restore(self.committed.env_text, self.committed.last_execution)
+        rewind(self.invoker, self.committed, self.client, self.config.keys)
 
     # --- commit ---------------------------------------------------------------------------------
 
-    def _commit(self, done: Done) -> None:
+    def _commit(self, done: Done, with_env: bool) -> None:
         """Store the batch's outputs, errors, checkpoint and status in one script: all or nothing."""
-        last_execution = _last_execution(done, self.committed.last_execution)
-        env = done[-1][1].env or self.invoker.env_data()
-        checkpoint = Checkpoint(done[-1][0].cursor, env.text, last_execution)
+        checkpoint = self._checkpoint_after(done, with_env)
         lag = max((lag for lag in map(_lag_seconds, done) if lag is not None), default=None)
-        effects = self._effects(done, last_execution, env.error, lag)
+        effects = self._effects(done, checkpoint, lag)
         try:
-            self.committer.commit(self.lease.holder, checkpoint, env.error, effects)
+            self.committer.commit(self.lease.holder, checkpoint, effects, with_env)
         except LeaseLost as lost:  # a standby took over while we worked: it re-runs from the checkpoint
             log.warning("commit_dropped cursor=%s reason=%s", checkpoint.cursor.text(), lost)
             self.lease.held = False
             self._restored = False
             return
         self.committed = checkpoint
+        if with_env:
+            self._env_due_at = time.monotonic() + self.config.env_checkpoint_seconds
+        self._account(done, effects, lag)
+
+    def _checkpoint_after(self, done: Done, with_env: bool) -> Checkpoint:
+        """The checkpoint of a batch: with the env after it, or keeping the stored env (and where it was taken)."""
+        cursor, last_execution = done[-1][0].cursor, _last_execution(done, self.committed.last_execution)
+        if not with_env:
+            stored = self.committed
+            return Checkpoint(cursor, stored.env_text, last_execution, stored.env_cursor or stored.cursor,
+                              stored.env_error)
+        env = done[-1][1].env or self.invoker.env_data()
+        return Checkpoint(cursor, env.text, last_execution, env_error=env.error)
+
+    def _account(self, done: Done, effects: Effects, lag: float | None) -> None:
+        """Metrics and log lines of a committed batch."""
         self.metrics.invocations.inc(len(done))
         if lag is not None:
             self.metrics.lag.observe(max(lag, 0.0))
@@ -273,11 +298,10 @@ class Runtime:
             self.metrics.errors.labels(fault=error["fault"]).inc()
             log.warning("invocation_failed sample=%s fault=%s error=%s", error["sample_id"] or "-", error["fault"],
                         error["message"])
-        log.info("committed samples=%d cursor=%s errors=%d lag_s=%s", len(done), checkpoint.cursor.text(),
+        log.info("committed samples=%d cursor=%s errors=%d lag_s=%s", len(done), done[-1][0].cursor.text(),
                  len(effects.errors), "?" if lag is None else f"{lag:.3f}")
 
-    def _effects(self, done: Done, last_execution: datetime | None, env_error: str | None,
-                 lag: float | None) -> Effects:
+    def _effects(self, done: Done, checkpoint: Checkpoint, lag: float | None) -> Effects:
         effects = Effects()
         for sample, outcome in done:
             if outcome.output is not None:
@@ -290,7 +314,8 @@ class Runtime:
                 effects.counters[name] = effects.counters.get(name, 0) + 1
         last_sample, last = done[-1]
         effects.status = self.status.of_commit(last_sample.cursor.entry_id, last.timestamp, last.duration,
-                                               last_execution, env_error, lag, self.invoker.version)
+                                               checkpoint.last_execution, checkpoint.env_error, lag,
+                                               self.invoker.version)
         if effects.errors:
             effects.status[status.LAST_ERROR] = json.dumps(effects.errors[-1])
         effects.counters.update({status.INVOCATIONS: len(done), status.ERRORS: len(effects.errors)})
@@ -319,10 +344,6 @@ def make_invoker(config: RuntimeConfig, extra_paths: list[str] | None = None) ->
     if config.handler_memory_mb:
         log.warning("HANDLER_MEMORY_MB needs the worker process: it is ignored with HANDLER_TIMEOUT=0")
     return InProcess(settings)
-
-
-def _request(sample: Sample) -> Request:
-    return Request(sample.cursor.entry_id, sample.raw, sample.problem)
 
 
 def _last_execution(done: Done, previous: datetime | None) -> datetime | None:

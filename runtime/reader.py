@@ -16,6 +16,7 @@ import redis
 
 from runtime import keytypes, schema
 from runtime.cursor import STREAM_START, Cursor, PollCursor, StreamCursor
+from runtime.invoke import Request
 from runtime.status import Mode
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,9 @@ class Sample:
     cursor: Cursor
     raw: str | None  # the JSON text; None when the entry is unusable
     problem: str | None = None  # why the entry is unusable, when raw is None
+
+    def request(self) -> Request:
+        return Request(self.cursor.entry_id, self.raw, self.problem)
 
 
 class Reader:

@@ -54,14 +54,14 @@ class Server:
                 return
             op, message_id = message.get("op"), message.get("id")
             if op == "batch":
-                self.run_batch(message_id, message["requests"])
+                self.run_batch(message_id, message["requests"], message.get("with_env", True))
             else:
                 self.reply({**self.answer(op, message), "id": message_id})
 
-    def run_batch(self, first: int, requests: list[list[Any]]) -> None:
+    def run_batch(self, first: int, requests: list[list[Any]], with_env: bool) -> None:
         for index, (entry_id, raw, problem) in enumerate(requests):
             outcome = call(self.function, self.context, self.settings, Request(entry_id, raw, problem), self.tail)
-            if index == len(requests) - 1:  # the last of a batch carries the env: it saves the commit a round trip
+            if with_env and index == len(requests) - 1:  # the env with the last reply saves the commit a round trip
                 outcome["env"] = encode_env(self.context.env)
             self.reply({**outcome, "id": first + index})
 

@@ -18,6 +18,7 @@ import redis
 
 from runtime import schema, status
 from runtime.config import ERRORS_KEPT
+from runtime.faults import Fault
 from runtime.status import Mode, State
 
 log = logging.getLogger(__name__)
@@ -75,11 +76,13 @@ class StatusWriter:
         return fields
 
     def store_error(self, error: dict[str, Any]) -> None:
-        """An error that belongs to no commit (the function does not load): its record and counters."""
+        """An error that belongs to no commit (the function does not load, the worker died idle): record, counters."""
         pipe = self.client.pipeline(transaction=True)
         pipe.xadd(self.keys.errors, error, maxlen=ERRORS_KEPT, approximate=True)
-        pipe.hset(self.keys.status, mapping={status.LAST_ERROR: json.dumps(error),
-                                             status.FUNCTION_ERROR: error["message"]})
+        fields = {status.LAST_ERROR: json.dumps(error)}
+        if error["fault"] == Fault.FUNCTION_LOAD:
+            fields[status.FUNCTION_ERROR] = error["message"]
+        pipe.hset(self.keys.status, mapping=fields)
         for name in (status.ERRORS, status.ERRORS_PREFIX + error["fault"]):
             pipe.hincrby(self.keys.status, name, 1)
         pipe.execute()

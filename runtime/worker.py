@@ -26,7 +26,7 @@ from typing import Any
 from runtime.channel import Channel, ChannelClosed, ChannelTimeout
 from runtime.faults import Fault, record
 from runtime.function import Retry, source_identity
-from runtime.invoke import EMPTY_ENV, EnvData, FunctionSettings, InvocationLost, Outcome, Request
+from runtime.invoke import EMPTY_ENV, EnvLost, EnvData, FunctionSettings, InvocationLost, Outcome, Request
 from runtime.sandbox import child_environment, kill_group, wait_for_exit
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,6 @@ class Worker:
         self._next_id = 0  # the id of the next message or invocation sent to the worker
         self._env_data: str | None = EMPTY_ENV  # the env a new worker starts from (None: not durable, empty)
         self._last_execution: datetime | None = None
-        self._incidents: list[dict[str, Any]] = []
         self._retry = Retry()
 
     # --- the Invoker interface -------------------------------------------------------------------
@@ -78,11 +77,11 @@ class Worker:
         self._retry.succeeded()
         return reply["version"] is not None and (reply["version"] != previous or failing)
 
-    def invoke_batch(self, requests: Sequence[Request]) -> Iterator[Outcome]:
+    def invoke_batch(self, requests: Sequence[Request], with_env: bool = True) -> Iterator[Outcome]:
         """Send the batch in one message; yield each outcome as its reply comes, each with its own deadline."""
         if not requests:
             return
-        first, last_execution = self._send_batch(requests), self._last_execution
+        first, last_execution = self._send_batch(requests, with_env), self._last_execution
         received = 0
         try:
             for index, request in enumerate(requests):
@@ -105,20 +104,17 @@ class Worker:
                 log.warning("batch_abandoned after=%d of %d: stopping the worker", received, len(requests))
                 self._kill()
 
-    def _send_batch(self, requests: Sequence[Request]) -> int:
-        """Send the batch to a running worker; its first invocation id."""
-        message = {"op": "batch", "requests": [_wire(request) for request in requests]}
-        try:
-            return self._send_to_live_worker(message, len(requests))
-        except InvocationLost as lost:  # it died between the check and the send: while idle, no sample's fault
-            self._incidents.append(lost.error)
-            return self._send_to_live_worker(message, len(requests))
-
-    def _send_to_live_worker(self, message: dict[str, Any], count: int) -> int:
+    def _send_batch(self, requests: Sequence[Request], with_env: bool) -> int:
+        """Send the batch to a running worker; its first invocation id. EnvLost if it died while idle."""
         if self._process is None or not self._alive():
             self._restart_dead_worker()
-        first = self._take_ids(count)
-        self._send({**message, "id": first})
+        first = self._take_ids(len(requests))
+        message = {"op": "batch", "requests": [_wire(request) for request in requests], "with_env": with_env}
+        try:
+            self._send({**message, "id": first})
+        except InvocationLost as lost:  # it died between the check and the send: while idle, no sample's fault
+            self._kill()
+            raise EnvLost(lost.error) from None
         return first
 
     def env_data(self) -> EnvData:
@@ -138,11 +134,6 @@ class Worker:
 
     def close(self) -> None:
         self._kill()
-
-    def take_incidents(self) -> list[dict[str, Any]]:
-        """Error records of worker deaths no invocation caused (it died while idle); emptied by the call."""
-        incidents, self._incidents = self._incidents, []
-        return incidents
 
     @property
     def pid(self) -> int | None:
@@ -167,14 +158,14 @@ class Worker:
         self._send_env()
 
     def _restart_dead_worker(self) -> None:
-        """A worker gone between batches (or never started): a new one from the env after the last batch."""
+        """A worker gone between batches: EnvLost (the env it held died with it); never started: start one."""
         if self._process is not None:
             code = self._process.poll()
-            error = record(Fault.WORKER_DIED, f"the handler's process ended while idle (exit code {code}); "
-                           "restarted from the env after the last batch", None, None)
-            log.warning("worker_died_idle pid=%d exit_code=%s: restarting", self._process.pid, code)
-            self._incidents.append(error)
+            log.warning("worker_died_idle pid=%d exit_code=%s: the runtime rewinds to its checkpoint",
+                        self._process.pid, code)
             self._kill()
+            raise EnvLost(record(Fault.WORKER_DIED, f"the handler's process ended while idle (exit code {code}); "
+                                 "context.env is restored from the checkpoint", None, None))
         self.refresh()
 
     def _alive(self) -> bool:

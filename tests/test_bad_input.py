@@ -222,8 +222,8 @@ class FailingOnce:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def invoke_batch(self, requests):
-        for outcome in self.inner.invoke_batch(requests):
+    def invoke_batch(self, requests, with_env=True):
+        for outcome in self.inner.invoke_batch(requests, with_env):
             self.calls += 1
             if self.calls == self.at:
                 raise RuntimeError("a bug on the runtime's side")

@@ -1,12 +1,17 @@
-"""Chart builders on fixture frames: fields, types and layers of the Vega-Lite specs."""
+"""Chart builders on fixture frames: fields, types, layers and data of the Vega-Lite specs."""
 
+from datetime import datetime, timedelta
+from types import SimpleNamespace
+
+import numpy as np
 import pandas as pd
 
-from app import charts, data
+from app import charts, data, timeline
 from runtime import schema
 from tests.conftest import make_samples
 from usermodule import handler
-from types import SimpleNamespace
+
+END = datetime(2026, 11, 28, 14, 10)
 
 
 def frames(count=120, step=5.0):
@@ -17,58 +22,125 @@ def frames(count=120, step=5.0):
     return schema.samples_to_frame(samples), outputs
 
 
+def window(seconds=600, end=END):
+    return timeline.Window.last(seconds, end)
+
+
 def encoding(spec):
     return {channel: (value.get("field"), value.get("type")) for channel, value in spec["encoding"].items()
             if isinstance(value, dict) and "field" in value}
 
 
+def rows(spec):
+    return pd.DataFrame(spec["datasets"][spec["data"]["name"]])
+
+
 def test_cpu_lines_overlay_each_cores_average_on_its_utilisation():
     samples, outputs = frames()
     cpu = charts.cpu_frame(samples, outputs)
-    assert set(cpu["kind"]) == {"utilisation", "1-min average"}
+    assert set(cpu["kind"]) == set(charts.KINDS)
     assert set(cpu["core"]) == {"cpu0", "cpu1", "cpu2", "cpu3"}
-    assert len(cpu) == 120 * 4 * 2
-    spec = charts.cpu_lines(cpu).to_dict()
+    spec = charts.cpu_lines(cpu, window()).to_dict()
     assert spec["mark"]["type"] == "line"
     enc = encoding(spec)
     assert enc["x"] == ("time", "temporal") and enc["y"] == ("value", "quantitative")
     assert enc["color"] == ("core", "nominal") and enc["strokeDash"] == ("kind", "nominal")
+    assert spec["encoding"]["color"]["scale"]["scheme"] == "tableau20"  # 20 distinct hues, not 10 repeated
+    assert spec["encoding"]["strokeDash"]["scale"]["domain"] == ["sample", "function's 1-min average"]
     assert any(p.get("bind") == "scales" for p in spec["params"])  # x-zoom
-    assert [t["field"] for t in spec["encoding"]["tooltip"]] == ["time", "core", "kind", "value"]
 
 
-def test_heatmap_has_a_row_per_core_and_stays_compact_with_64_cores():
-    samples = pd.DataFrame({f"cpu_percent-{i}": [float(i)] * 10 for i in range(64)},
-                           index=pd.date_range("2026-11-29", periods=10, freq="s", name="time"))
-    cpu = charts.cpu_frame(samples, pd.DataFrame())
-    spec = charts.cpu_heatmap(cpu).to_dict()
-    assert spec["mark"]["type"] == "rect" and encoding(spec)["y"] == ("core", "nominal")
-    assert spec["height"] == 12 * 64
-    assert len(spec["datasets"][spec["data"]["name"]]) == 640
+def test_heatmap_cells_cover_their_own_time_bucket_and_vary_with_the_data():
+    index = pd.date_range("2026-11-29 10:00", periods=600, freq="s", name="time")
+    ramp = np.linspace(0, 100, 600)
+    samples = pd.DataFrame({f"cpu_percent-{i}": (ramp + i) % 100 for i in range(16)}, index=index)
+    win = timeline.Window.last(600, index[-1].to_pydatetime())
+    small = timeline.downsample(samples, win, 1.0, max_points=60)
+    bucket = timeline.bucket_seconds(win.seconds, 1.0, max_points=60)
+    spec = charts.cpu_heatmap(charts.cpu_frame(small, pd.DataFrame()), win, bucket).to_dict()
+    assert spec["mark"]["type"] == "rect"
+    assert spec["encoding"]["x2"]["field"] == "time_end"
+    cells = rows(spec)
+    core0 = cells[cells["core"] == "cpu0"]
+    assert len(core0) == 60 and core0["value"].nunique() > 30  # not one flat colour per core
+    span = pd.to_datetime(core0["time_end"]) - pd.to_datetime(core0["time"])
+    assert (span == pd.Timedelta(seconds=bucket)).all()
+    assert spec["height"] == max(charts.HEIGHT, 16 * 16)  # a label for every core
+
+
+def test_the_time_axis_spans_the_window_and_shows_dates_across_midnight():
+    samples, _ = frames()
+    hour = charts.memory_chart(samples, window(3600)).to_dict()["encoding"]["x"]
+    day = charts.memory_chart(samples, window(86_400)).to_dict()["encoding"]["x"]
+    assert hour["scale"]["domain"] != day["scale"]["domain"]
+    start, end = day["scale"]["domain"]
+    assert (end["date"], end["hours"], end["minutes"]) == (28, 14, 10)
+    assert (start["date"], start["hours"]) == (27, 14)
+    assert hour["axis"]["format"] == "%H:%M" and day["axis"]["format"] == "%d %b %H:%M"
+
+
+def test_gaps_break_lines_instead_of_bridging_them():
+    index = pd.date_range("2026-11-29 10:00", periods=20, freq="5s", name="time").delete(range(8, 14))
+    frame = pd.DataFrame({schema.N_PIDS: np.arange(14.0)}, index=index)
+    spec = charts.line_chart(charts.tidy(timeline.break_gaps(frame, 5.0), {schema.N_PIDS: "processes"}),
+                             timeline.Window.last(120, index[-1].to_pydatetime()), "Processes", "n").to_dict()
+    values = rows(spec)["value"]
+    assert values.isna().sum() == 1  # one break inside the 35 s hole: Vega-Lite stops the line there
+    assert "invalid" not in spec["mark"] or spec["mark"]["invalid"] != "filter"
+
+
+def test_a_single_series_has_no_legend_and_a_flat_one_a_sensible_domain():
+    index = pd.date_range("2026-11-29 10:00", periods=30, freq="s", name="time")
+    flat = pd.DataFrame({schema.CPU_FREQ: [2400.0] * 30}, index=index)
+    spec = charts.line_chart(charts.tidy(flat, {schema.CPU_FREQ: "frequency"}),
+                             timeline.Window.last(60, index[-1].to_pydatetime()), "CPU frequency", "MHz").to_dict()
+    assert spec["encoding"]["color"]["legend"] is None
+    low, high = spec["encoding"]["y"]["scale"]["domain"]
+    assert low < 2400 < high and high - low >= 2
 
 
 def test_memory_chart_stacks_used_buffers_cached_free_in_gib():
     samples, _ = frames()
-    chart = charts.memory_chart(samples)
-    spec = chart.to_dict()
+    spec = charts.memory_chart(samples, window()).to_dict()
     assert spec["mark"]["type"] == "area" and spec["encoding"]["y"]["stack"] == "zero"
-    rows = pd.DataFrame(spec["datasets"][spec["data"]["name"]])
-    assert set(rows["series"]) == {"used", "buffers", "cached", "free"}
-    assert rows["value"].max() < 16  # GiB of a 16 GiB machine
+    table = rows(spec)
+    assert set(table["series"]) == {"used", "buffers", "cached", "free"}
+    assert table["value"].max() < 16  # GiB of a 16 GiB machine
 
 
-def test_line_chart_draws_every_output_series():
+def test_line_chart_draws_every_output_series_with_a_legend():
     _, outputs = frames()
     series = charts.output_series(outputs)
     assert set(series) == {"percent-network-egress", "percent-memory-cache"}
-    spec = charts.line_chart(charts.tidy(outputs, series), "Function outputs", "value").to_dict()
+    spec = charts.line_chart(charts.tidy(outputs, series), window(), "Function outputs", "value").to_dict()
     assert spec["title"] == "Function outputs" and encoding(spec)["color"] == ("series", "nominal")
+    assert spec["encoding"]["color"]["legend"]["orient"] == "bottom"
 
 
-def test_specs_stay_identical_between_ticks_except_for_data():
+def test_error_records_are_marks_with_their_message_on_hover():
+    _, outputs = frames()
+    errors = pd.DataFrame({"time": [outputs.index[10]], "fault": ["handler_error"], "message": ["boom"]})
+    base = charts.line_chart(charts.tidy(outputs, charts.output_series(outputs)), window(), "Function outputs", "v")
+    spec = charts.with_errors(base, errors, window()).to_dict()
+    marks = spec["layer"][1]
+    assert marks["mark"]["type"] == "rule"
+    assert [t["field"] for t in marks["encoding"]["tooltip"]] == ["time", "fault", "message"]
+
+
+def test_annotations_draw_gaps_as_bands_and_restarts_as_rules():
+    samples, _ = frames()
+    moment = pd.Timestamp(END) - pd.Timedelta(minutes=3)
+    events = pd.DataFrame([{"time": moment - pd.Timedelta(seconds=40), "end": moment, "kind": "gap", "label": "no samples"},
+                           {"time": moment, "end": moment, "kind": "restart", "label": "runtime started"}])
+    spec = charts.annotated(charts.memory_chart(samples, window()), events, window()).to_dict()
+    assert [layer["mark"]["type"] for layer in spec["layer"][1:]] == ["rect", "rule"]
+    assert spec["layer"][1]["encoding"]["x2"]["field"] == "end"
+
+
+def test_specs_stay_identical_between_ticks_of_one_window_except_for_data():
     samples, outputs = frames()
-    first = charts.cpu_lines(charts.cpu_frame(samples.iloc[:60], outputs.iloc[:60])).to_dict()
-    second = charts.cpu_lines(charts.cpu_frame(samples.iloc[1:61], outputs.iloc[1:61])).to_dict()
+    first = charts.cpu_lines(charts.cpu_frame(samples.iloc[:60], outputs.iloc[:60]), window()).to_dict()
+    second = charts.cpu_lines(charts.cpu_frame(samples.iloc[1:61], outputs.iloc[1:61]), window()).to_dict()
     for spec in (first, second):
         spec.pop("datasets"), spec.pop("data")
         spec["params"][0].pop("name", None)
@@ -78,28 +150,29 @@ def test_specs_stay_identical_between_ticks_except_for_data():
 def test_a_day_at_one_second_is_downsampled_to_about_a_thousand_points():
     index = pd.date_range("2026-11-29", periods=86_400, freq="s", name="time")
     day = pd.DataFrame({"cpu_percent-0": range(86_400)}, index=index, dtype="float64")
-    small = data.downsample(data.window(day, 86_400), 86_400)
-    assert 800 <= len(small) <= data.MAX_POINTS
-    assert data.downsample(data.window(day, 60), 60).shape == (61, 1)
+    win = timeline.Window.last(86_400, index[-1].to_pydatetime())
+    small = timeline.downsample(win.clip(day), win, 1.0)
+    assert 700 <= len(small) <= timeline.MAX_POINTS
+    minute = timeline.Window.last(60, index[-1].to_pydatetime())
+    assert timeline.downsample(minute.clip(day), minute, 1.0).shape == (61, 1)
 
 
-def test_nested_outputs_are_flattened_to_numbers():
-    assert data.flatten({"a": 1, "b": {"c": 2.5, "d": "text", "e": True}, "f": float("nan")}) == {"a": 1.0, "b.c": 2.5}
+def test_nested_outputs_are_flattened_and_non_finite_numbers_are_gaps():
+    flat = data.flatten({"a": 1, "b": {"c": 2.5, "d": "text", "e": True}, "f": float("nan"), "g": float("inf")})
+    assert flat["a"] == 1.0 and flat["b.c"] == 2.5 and set(flat) == {"a", "b.c", "f", "g"}
+    assert np.isnan(flat["f"]) and np.isnan(flat["g"])
 
 
 def test_the_dashboard_keeps_no_more_than_redis_retains(client, redis_url):
     """Rows whose stream entries Redis trimmed are dropped from the dashboard's memory too."""
-    from datetime import datetime, timedelta
-
     from runtime.config import RedisSettings
     from tests.conftest import publish
 
-    keys = schema.Keys(output="out")
-    store = data.MetricsStore(RedisSettings(redis_url), keys)
+    store = data.MetricsStore(RedisSettings(redis_url), schema.Keys(output="out"))
     old = make_samples(5, start=datetime.now() - timedelta(hours=2))
     publish(client, old)
-    assert len(store.snapshot().samples) == 5
+    assert len(store.snapshot(6 * 3600).samples) == 5
     client.xtrim("metrics:stream", maxlen=0)
-    new_ids = publish(client, make_samples(3, start=datetime.now()))
+    new_ids = publish(client, make_samples(3, start=datetime.now() - timedelta(seconds=5)))
     client.xtrim("metrics:stream", minid=new_ids[0])
-    assert len(store.snapshot().samples) == 3
+    assert len(store.snapshot(6 * 3600).samples) == 3

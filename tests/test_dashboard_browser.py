@@ -1,5 +1,7 @@
 """End to end: `streamlit run app` as a user would, looked at in a real headless Chromium."""
 
+import io
+import json
 import os
 import shutil
 import signal
@@ -7,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -58,7 +61,7 @@ def test_live_charts_appear_within_15_s_and_update(dashboard):
                 assert time.monotonic() - started < 15, "the app did not answer within 15 s"
                 time.sleep(0.2)
         page.goto(url)
-        page.wait_for_function("document.querySelectorAll('.vega-embed canvas, .vega-embed svg').length >= 5",
+        page.wait_for_function("document.querySelectorAll('.vega-embed').length >= 9",
                                timeout=max(1000, (15 - (time.monotonic() - started)) * 1000))
         ready_after = time.monotonic() - started
         page.wait_for_selector('[data-testid="stMetric"]:has-text("Invocations")', timeout=10_000)
@@ -72,7 +75,7 @@ def test_live_charts_appear_within_15_s_and_update(dashboard):
         assert page.locator('[data-testid="stException"]').count() == 0
         alerts = page.locator('[data-testid="stAlert"]').all_inner_texts()
         assert not any("Cannot reach" in a or "Runtime not running" in a for a in alerts), alerts
-        assert page.locator(".vega-embed").count() == 5
+        assert page.locator(".vega-embed").count() >= 9  # host, network, extras and the function's outputs
         browser.close()
     assert ready_after < 15, f"charts drew after {ready_after:.1f} s"
 
@@ -90,26 +93,13 @@ def test_the_host_picker_lists_three_hosts(valkey, client, tmp_path, processes):
         publisher = Publisher(connect(RedisSettings(valkey.connection_url), "test"), schema.Keys(), 3600, 100, host)
         for sample in make_samples(20, start=datetime.now() - timedelta(seconds=20)):
             publisher.publish(sample)
-    port = free_port()
-    env = {**os.environ, "REDIS_URL": valkey.connection_url, "REDIS_OUTPUT_KEY": "out"}
-    processes.append(subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app", "--server.headless", "true", "--server.port", str(port)],
-        cwd=REPO_DIR, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "streamlit.log", "w")))
-    ARTIFACTS.mkdir(exist_ok=True)
+    url = start_configured_app(valkey, tmp_path, processes)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1700})
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the app did not answer within 30 s"
-                time.sleep(0.2)
-        page.goto(f"http://127.0.0.1:{port}")
+        page.goto(url)
         page.wait_for_selector('[data-testid="stSelectbox"]', timeout=30_000)
-        page.wait_for_function("document.querySelectorAll('.vega-embed canvas, .vega-embed svg').length >= 4",
+        page.wait_for_function("document.querySelectorAll('.vega-embed').length >= 4",
                                timeout=30_000)
         page.locator('[data-testid="stSelectbox"]').click()
         options = page.locator('[role="option"]').all_inner_texts()
@@ -119,3 +109,148 @@ def test_the_host_picker_lists_three_hosts(valkey, client, tmp_path, processes):
         page.screenshot(path=str(ARTIFACTS / "dashboard-hosts.png"), full_page=True)
         assert page.locator('[data-testid="stException"]').count() == 0
         browser.close()
+
+
+# --- a configured Redis with a day's worth of features: extras, a gap, errors, top processes ------------
+
+def seed(client, cores=4):
+    """Two hours at 5 s on `cores` CPUs with extras, a 200 s gap 5 minutes ago, outputs, errors, status."""
+    from bench.common import synthetic_samples
+    from bench.dashboard import fill
+    from runtime import schema, status
+
+    samples = synthetic_samples(1440, cpus=cores, step_seconds=5)
+    del samples[-100:-60]  # the collector was away for 200 s
+    keys = schema.Keys(output="out")
+    fill(client, samples, keys)
+    now = status.now_text()
+    error = {"fault": "handler_error", "message": "ZeroDivisionError: division by zero", "sample_id": "",
+             "sample_timestamp": samples[-20]["timestamp"], "time": now, "traceback": "Traceback ...", "output": ""}
+    client.xadd(keys.errors, error)
+    client.hset(keys.status, mapping={status.STATE: "running", status.MODE: "stream", status.HEARTBEAT: now,
+                                      status.STARTED: now, status.PID: "4242", status.INVOCATIONS: "1400",
+                                      status.ERRORS: "1", status.FUNCTION_VERSION: "v1 2026-11-30",
+                                      status.LAST_ERROR: json.dumps(error)})
+    top = [{"pid": 100 + i, "name": f"proc-{i}", "cpu_percent": 50.0 - i, "memory_percent": 1.0 + i,
+            "rss": (i + 1) * 10**8} for i in range(10)]
+    client.set("metrics:top", json.dumps({"timestamp": samples[-1]["timestamp"], "by_cpu": top, "by_memory": top}))
+    return samples
+
+
+def start_configured_app(valkey, tmp_path, processes) -> str:
+    """`streamlit run app` reading the test's Valkey (output key `out`); its URL once it answers."""
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": valkey.connection_url, "REDIS_OUTPUT_KEY": "out", "DASHBOARD_REFRESH": "2"}
+    processes.append(subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app", "--server.headless", "true", "--server.port", str(port)],
+        cwd=REPO_DIR, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "streamlit.log", "w")))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the app did not answer within 30 s"
+            time.sleep(0.2)
+    ARTIFACTS.mkdir(exist_ok=True)
+    return url
+
+
+@pytest.fixture
+def seeded_app(valkey, client, tmp_path, processes):
+    samples = seed(client)
+    return start_configured_app(valkey, tmp_path, processes), samples
+
+
+@contextmanager
+def browser_page(url, width=1400, scheme="light"):
+    """A page of the app in headless Chromium, with the browser console's messages collected."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        context = browser.new_context(viewport={"width": width, "height": 3400}, color_scheme=scheme,
+                                      accept_downloads=True)
+        page = context.new_page()
+        console = []
+        page.on("console", lambda message: console.append((message.type, message.text)))
+        page.goto(url)
+        page.wait_for_function("document.querySelectorAll('.vega-embed').length >= 8", timeout=30_000)
+        page.wait_for_timeout(1500)  # let every chart finish drawing
+        try:
+            yield page, console
+        finally:
+            browser.close()
+
+
+def vega_warnings(console):
+    return [text for kind, text in console if kind in ("warning", "error") and ("WARN" in text or "Vega" in text)]
+
+
+def chart_image(page, index=0):
+    from PIL import Image
+
+    box = page.locator(".vega-embed").nth(index).bounding_box()  # the page, cropped: charts redraw every tick
+    return Image.open(io.BytesIO(page.screenshot(clip=box))).convert("RGB")
+
+
+@pytest.mark.parametrize("width", [1400, 800])
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_screenshots_with_nothing_cut_and_no_vega_warnings(seeded_app, width, scheme):
+    url, _ = seeded_app
+    with browser_page(url, width, scheme) as (page, console):
+        page.screenshot(path=str(ARTIFACTS / f"dashboard-{width}-{scheme}.png"), full_page=True)
+        assert page.locator('[data-testid="stException"]').count() == 0
+        assert not vega_warnings(console), vega_warnings(console)
+        cut = page.evaluate("""[...document.querySelectorAll(
+                '[data-testid="stMetricValue"], [data-testid="stMetricValue"] *, [data-testid="stMetricLabel"] *')]
+            .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)""")
+        assert not cut, f"KPI values cut at {width} px: {cut}"
+        outside = page.evaluate("""[...document.querySelectorAll('.vega-embed')]
+            .filter(e => e.getBoundingClientRect().right > window.innerWidth).length""")
+        assert not outside, f"{outside} charts reach past the window's right edge at {width} px"
+        text = page.locator("body").inner_text()
+        assert "are stamped after" not in text and "Traceback" not in text
+        assert "Top processes" in text and "More from the host" in text
+
+
+def test_the_heatmap_varies_and_the_window_switch_changes_the_axis(seeded_app):
+    url, _ = seeded_app
+    with browser_page(url) as (page, console):
+        assert not vega_warnings(console), vega_warnings(console)  # the lines view draws without warnings
+        page.get_by_text("heatmap", exact=True).click()
+        page.wait_for_timeout(3000)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-heatmap.png"), full_page=True)
+        heatmap = chart_image(page, 0)
+        window_button = lambda label: page.locator('[data-testid="stSidebar"] button').get_by_text(label, exact=True)
+        width, height = heatmap.size
+        row = [heatmap.getpixel((x, height // 3)) for x in range(width // 5, width * 4 // 5)]
+        assert len(set(row)) > 20, "the heatmap's cells do not vary along time"
+        window_button("1 h").click()
+        page.wait_for_timeout(2500)
+        hour = chart_image(page, 1)
+        window_button("24 h").click()
+        page.wait_for_timeout(2500)
+        day = chart_image(page, 1)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-24h.png"), full_page=True)
+        axis = lambda image: image.crop((0, image.size[1] - 60, image.size[0], image.size[1])).tobytes()
+        assert axis(hour) != axis(day), "choosing 24 h did not change the time axis"
+
+
+def test_the_export_files_parse_back_to_the_window(seeded_app, tmp_path):
+    import pandas as pd
+
+    url, samples = seeded_app
+    with browser_page(url) as (page, _):
+        files = {}
+        for label in ("samples (CSV)", "samples (Parquet)", "outputs (CSV)"):
+            with page.expect_download() as download:
+                page.get_by_role("button", name=label).click()
+            files[label] = tmp_path / download.value.suggested_filename
+            download.value.save_as(files[label])
+    csv = pd.read_csv(files["samples (CSV)"], index_col="time", parse_dates=True)
+    parquet = pd.read_parquet(files["samples (Parquet)"])
+    outputs = pd.read_csv(files["outputs (CSV)"], index_col="time", parse_dates=True)
+    in_window = [s for s in samples if pd.Timestamp(s["timestamp"]) >= csv.index[0]]
+    assert len(csv) == len(parquet) == len(in_window) and 100 < len(csv) <= 181
+    assert list(csv["cpu_percent-3"]) == [s["cpu_percent-3"] for s in in_window]
+    assert "load_avg-1" in parquet.columns and len(outputs) == len(csv)

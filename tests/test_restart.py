@@ -120,3 +120,27 @@ def test_a_holder_is_gone_only_when_its_process_provably_is():
     assert not Holder(me.host + "-elsewhere", dead.pid, "2.00", me.namespace, "x").gone(me)  # another machine
     assert not Holder(me.host, me.pid, me.started, me.namespace, me.nonce).gone(me)  # ourselves
     assert Holder.parse(me.text()) == me and Holder.parse("garbage") is None
+
+
+COUNTER = ("def handler(input, context):\n    context.env['n'] = context.env.get('n', 0) + 1\n"
+           "    return {'n': context.env['n']}\n")
+
+
+def test_an_env_stored_less_often_is_rebuilt_by_replaying_after_kill_9(client, redis_url, tmp_path, processes):
+    path = write_function(tmp_path, COUNTER)
+    env = runtime_env(redis_url, path, ENV_CHECKPOINT_SECONDS="3600", BATCH_SIZE="1")
+    publish(client, make_samples(1))
+    processes.append(spawn("runtime", env))
+    wait_for(lambda: len(outputs(client, "out")) == 1)
+    publish(client, make_samples(5)[1:])
+    wait_for(lambda: len(outputs(client, "out")) == 5)
+    state = json.loads(client.get("out:state"))
+    assert state["env"] == {"n": 1} and state["env_cursor"] != state["cursor"]  # stored with the first commit only
+    processes[-1].send_signal(signal.SIGKILL)
+    processes[-1].wait(10)
+    log = open(tmp_path / "restart.log", "w")
+    processes.append(spawn("runtime", env, stderr=log))
+    publish(client, make_samples(7)[5:])
+    wait_for(lambda: len(outputs(client, "out")) == 7, timeout=30)
+    assert [output["n"] for _, output in outputs(client, "out")] == [1, 2, 3, 4, 5, 6, 7]
+    assert "replayed samples=4" in (tmp_path / "restart.log").read_text()

@@ -1,0 +1,36 @@
+"""`python -m runtime.alerts`: the alert evaluator, with /healthz, /readyz and Prometheus /metrics."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from runtime.alerts.config import AlertsConfig, safe_url
+from runtime.alerts.service import Evaluator
+from runtime.config import connect, start_role
+from runtime.observe import Probes, serve
+
+log = logging.getLogger("runtime.alerts")
+
+
+def main() -> int:
+    """Configuration from the environment (as the runtime's, plus ALERTS_FILE and ALERT_WEBHOOKS)."""
+    started = start_role("alerts", AlertsConfig.from_env)
+    if started is None:
+        return 2
+    config, stop = started
+    log.info("starting redis=%s input=%s output=%s rules=%s webhooks=%s", config.redis.safe_url(),
+             config.keys.input, config.keys.output, config.rules_path,
+             ",".join(map(safe_url, config.webhooks)) or "-")
+    evaluator = Evaluator(config, connect(config.redis, client_name="alerts"), stop)
+    if config.http_port is not None:
+        try:
+            serve(config.http_port, Probes(evaluator.health, evaluator.metrics, evaluator.describe))
+        except OSError as error:  # the evaluator's job is the alerts: go on without probes
+            log.error("http_not_started port=%d error=%s; set HTTP_PORT to a free port", config.http_port, error)
+    evaluator.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
