@@ -289,6 +289,10 @@ def main() -> int:
     except StackUnavailable as error:
         print(f"stack: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # DATA_DIR not writable, a file where a directory should be, disk full
+        print(f"stack: cannot use DATA_DIR={settings.data_dir} ({error}); set DATA_DIR to a writable directory",
+              file=sys.stderr)
+        return 2
     try:
         if stack.attached:
             print(f"Valkey at {stack.url}; a stack already runs on {stack.root}: attached, printing its outputs "

@@ -193,3 +193,12 @@ def test_printing_outputs_survives_entries_with_bad_bytes(redis_url, capsys):
     finally:
         stop.set()
         thread.join(5)
+
+
+def test_a_data_dir_that_cannot_be_used_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    process = start_stack(blocker / "data", stderr=subprocess.PIPE)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 2 and "stack: cannot use DATA_DIR=" in stderr and "writable directory" in stderr
+    assert "Traceback" not in stderr
