@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from runtime import status
+from runtime import keytypes, status
 from runtime.checkpoint import Checkpoint, CheckpointStore, MemoryCheckpoints
 from runtime.commit import Committer, Done, Effects, MemoryCommitter, effects_of, last_execution, oldest_lag
 from runtime.config import BACKOFF_CAP_SECONDS, RuntimeConfig
@@ -112,15 +112,16 @@ class Runtime:
             self.metrics.errors.labels(fault=lost.error["fault"]).inc()
             self.status.store_error(lost.error)
             return FIRST_BACKOFF_SECONDS
-        except redis.RedisError as error:  # unreachable, restarting, out of memory, read-only
-            self.ready = False
-            self.health.progress()  # waiting for Redis is not a stall a restart would cure
-            log.warning("redis_unavailable url=%s error=%s retry_in=%.1fs", self.config.redis.safe_url(), error,
-                        backoff)
         except (KeyTypeError, LeaseUnavailable) as error:  # it needs an operator: say what and where
+            self._stalled(str(error), backoff)
+        except redis.RedisError as error:  # unreachable, restarting, out of memory, read-only, a wrong-type key
             self.ready = False
-            log.error("stalled problem=%s retry_in=%.1fs", error, backoff)
-            self.status.set(State.STALLED, problem=str(error))
+            if isinstance(error, redis.ResponseError) and keytypes.is_wrongtype(error):
+                self._stalled(f"a key the runtime uses has the wrong type ({error}); {keytypes.FIX}", backoff)
+            else:
+                self.health.progress()  # waiting for Redis is not a stall a restart would cure
+                log.warning("redis_unavailable url=%s error=%s retry_in=%.1fs", self.config.redis.safe_url(), error,
+                            backoff)
         except Exception as error:  # a fault of the runtime's own: it must not end the loop
             log.exception("step_failed error=%r retry_in=%.1fs", error, backoff)
             self.metrics.loop_errors.inc()
@@ -129,6 +130,11 @@ class Runtime:
         self._restored = False  # what is stored is the truth: re-read it before going on
         self.stop.wait(backoff)
         return min(backoff * 2, BACKOFF_CAP_SECONDS)
+
+    def _stalled(self, problem: str, backoff: float) -> None:
+        self.ready = False
+        log.error("stalled problem=%s retry_in=%.1fs", problem, backoff)
+        self.status.set(State.STALLED, problem=problem)
 
     def _step(self) -> None:
         self.reader.mark_start()  # samples published from now on are ours, however long the worker takes to start
@@ -185,6 +191,10 @@ class Runtime:
         """Adopt the stored checkpoint and roll the env back to it: after a start, a failure, a takeover."""
         self.client.ping()
         stored = self.checkpoints.load()
+        if stored.cursor is None and self.committed.cursor is not None:  # deleted (say, as a wrong-type key)
+            log.warning("checkpoint_missing key=%s: going on from the one this runtime committed last",
+                        self.config.keys.state if self.config.keys.output else "-")
+            stored = self.committed
         if stored.cursor != self.committed.cursor or self.status.problem:
             log.info("resumed cursor=%s", stored.cursor and stored.cursor.text())
         self.committed = stored

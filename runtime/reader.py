@@ -79,7 +79,7 @@ class Reader:
 
     def trimmed_after(self, cursor: Cursor | None) -> str | None:
         """Which samples retention trimmed before this runtime read them (logged), None when none were."""
-        if not isinstance(cursor, StreamCursor) or not self.client.exists(self.keys.input_stream):
+        if not isinstance(cursor, StreamCursor) or not self._stream_exists():
             return None
         oldest = self.client.xrange(self.keys.input_stream, count=1)
         if not oldest or StreamCursor.of(oldest[0][0]).order() <= cursor.order():

@@ -320,3 +320,35 @@ def test_the_loop_lives_when_even_its_error_record_cannot_be_stored(client, redi
         wait_for(lambda: len(outputs(client, "out")) == 6, timeout=20, what="the samples after the failure")
         assert runtime.health.alive
     assert [o for _, o in outputs(client, "out")] == [{"ok": 1}] * 6
+
+
+COUNTING = 'def handler(input, context):\n    context.env["n"] = context.env.get("n", 0) + 1\n    return {"n": context.env["n"]}\n'
+
+
+def test_a_stream_turned_string_mid_run_is_named_and_deleting_a_bad_checkpoint_duplicates_nothing(
+        client, redis_url, tmp_path):
+    path = write_function(tmp_path, COUNTING)
+    samples = make_samples(9)
+    publish(client, samples[:3])
+    with running_runtime(runtime_env(redis_url, path, START_FROM="earliest")):
+        wait_for(lambda: len(outputs(client, "out")) == 3)
+        kept = client.xrange("metrics:stream")
+        client.delete("metrics:stream")
+        client.set("metrics:stream", "not a stream")
+        wait_for(lambda: "metrics:stream" in (client.hget("out:status", "problem") or ""), timeout=15,
+                 what="the status to name the input stream")
+        assert client.hget("out:status", "state") == "stalled"
+        client.delete("metrics:stream")
+        for entry_id, fields in kept:  # the stream as it was, then new samples
+            client.xadd("metrics:stream", fields, id=entry_id)
+        publish(client, samples[3:6])
+        wait_for(lambda: len(outputs(client, "out")) == 6, timeout=15, what="the samples after the fix")
+        client.delete("out:state")
+        client.hset("out:state", "wrong", "type")
+        publish(client, samples[6:7])
+        wait_for(lambda: "out:state" in (client.hget("out:status", "problem") or ""), timeout=15)
+        client.delete("out:state")  # as the status advises
+        publish(client, samples[7:])
+        wait_for(lambda: len(outputs(client, "out")) == 9, timeout=15, what="the samples after the fix")
+        time.sleep(0.5)
+    assert [o["n"] for _, o in outputs(client, "out")] == list(range(1, 10))  # once each, the env continuous
