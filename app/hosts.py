@@ -49,7 +49,7 @@ def host_overview(client: redis.Redis, keys: schema.Keys, registry: dict[str, st
 
 def with_alerts(overview: pd.DataFrame, cells: dict[str, str]) -> pd.DataFrame:
     """The table with each host's alert state (firing and pending counts, worst severity) as a column."""
-    return overview.assign(alerts=overview["host"].map(cells).fillna(""))
+    return overview.assign(alerts=[cells.get(host, "") for host in overview["host"]])
 
 
 def sorted_page(overview: pd.DataFrame, sort: str, page: int, size: int = PAGE_SIZE) -> pd.DataFrame:

@@ -45,7 +45,8 @@ def test_states_transitions_periods_and_thresholds_from_a_real_evaluator(client,
     memory = alerts_view.thresholds_for(thresholds, "sample", [schema.MEMORY_PERCENT])
     assert memory["rule"].tolist() == ["mem"] and memory["threshold"].tolist() == [50.0]
     assert alerts_view.host_alerts(states).to_dict("records") == [{"host": "local", "firing": "mem",
-                                                                   "pending": "pids"}]
+                                                                   "pending": "pids", "worst": "critical"}]
+    assert alerts_view.host_cells(alerts_view.host_alerts(states)) == {"local": "1 firing (critical) · 1 pending"}
     snapshot = alerts_view.read_alerts(client, schema.Keys(), now=datetime.fromtimestamp(10))
     assert snapshot.states.equals(states) and snapshot.periods.equals(periods) and len(snapshot.recent) == 4
     assert snapshot.by_host["firing"].tolist() == ["mem"] and snapshot.thresholds["rule"].tolist() == [
@@ -82,3 +83,29 @@ def test_malformed_alert_entries_are_skipped_not_raised(client):
     assert states[["rule", "host", "since"]].to_dict("records") == [{"rule": "cpu", "host": "h", "since": None}]
     assert alerts_view.read_transitions(client, schema.Keys()).empty
     assert alerts_view.firing_periods(alerts_view.read_transitions(client, schema.Keys())).empty
+
+
+def test_with_alerts_keeps_one_spec_whether_or_not_anything_fires_and_moves_the_title_up():
+    samples = pd.DataFrame({schema.MEMORY_PERCENT: [40.0, 60.0]},
+                           index=pd.DatetimeIndex([datetime(2026, 1, 1, 12), datetime(2026, 1, 1, 12, 1)], name="time"))
+    window = Window.last(180, datetime(2026, 1, 1, 12, 2))
+    base = line_chart(tidy(samples, {schema.MEMORY_PERCENT: "memory %"}), window, "Memory", "%")
+    thresholds = pd.DataFrame([{"rule": "mem", "source": "sample", "value": "virtual_memory-*", "op": ">",
+                                "threshold": 50.0, "severity": "critical", "hosts": ["web-*"]}])
+    periods = pd.DataFrame([{"rule": "mem", "host": "web-1", "severity": "critical",
+                             "start": datetime(2026, 1, 1, 12, 1), "end": datetime(2026, 1, 1, 12, 2)}])
+    snapshot = alerts_view.AlertsSnapshot(alerts_view.EvaluatorView(), pd.DataFrame(), pd.DataFrame(), periods,
+                                          thresholds, pd.DataFrame())
+    firing = alerts_view.ChartAlerts.of(snapshot, "web-1").on(base, window, "sample", [schema.MEMORY_PERCENT], 2.0)
+    other = alerts_view.ChartAlerts.of(snapshot, "db-1").on(base, window, "sample", [schema.MEMORY_PERCENT])
+    unscaled = alerts_view.ChartAlerts.of(snapshot, "web-1").on(base, window, "sample", [schema.MEMORY_PERCENT], None)
+    assert firing.layer[-1].data["threshold"].tolist() == [100.0] and len(firing.layer[0].data) == 1
+    assert other.layer[-1].data.empty and other.layer[0].data.empty  # the rule is not db-1's
+    assert unscaled.layer[-1].data.empty  # no total memory: no threshold drawn at a wrong height
+    specs = [chart.to_dict() for chart in (firing, other, unscaled)]
+    for spec in specs:
+        assert spec["title"] == "Memory" and [layer["mark"]["type"] for layer in spec["layer"]] == [
+            "rect", "line", "rule"]
+        assert spec["layer"][0]["encoding"]["x"]["scale"] == specs[0]["layer"][1]["encoding"]["x"]["scale"]
+    strip = [{k: v for k, v in layer.items() if k != "data"} for layer in specs[0]["layer"]]
+    assert all([{k: v for k, v in layer.items() if k != "data"} for layer in s["layer"]] == strip for s in specs)
