@@ -54,8 +54,9 @@ def read_alerts(client: redis.Redis, keys: schema.Keys, now: datetime | None = N
         pipe = client.pipeline(transaction=False)
         pipe.hgetall(names.status).hgetall(names.states).xrevrange(names.transitions, count=RECENT)
         replies = pipe.execute(raise_on_error=False)
-    except (redis.RedisError, OSError) as error:
-        replies = [error] * 3
+    except (redis.RedisError, OSError) as error:  # Redis away: one note, not one per key
+        problems.append(f"Alerts not read: {type(error).__name__}: {str(error)[:200]}")
+        replies = [{}, {}, []]
     empty: list[Any] = [{}, {}, []]
     for index, (key, reply) in enumerate(zip((names.status, names.states, names.transitions), replies)):
         if isinstance(reply, Exception):
@@ -65,7 +66,7 @@ def read_alerts(client: redis.Redis, keys: schema.Keys, now: datetime | None = N
     states = parse_states(_clean(replies[1]), evaluator)
     recent = parse_transitions(_clean(replies[2]))
     return AlertsSnapshot(evaluator, states, recent, firing_periods(recent, now), rule_thresholds(evaluator),
-                          host_alerts(states), tuple(dict.fromkeys(problems)))
+                          host_alerts(states), tuple(problems))
 
 
 def _clean(reply: Any) -> Any:
@@ -124,6 +125,10 @@ def rule_thresholds(view: EvaluatorView) -> pd.DataFrame:
     """One row per rule: what it compares, to what, how severe."""
     rows = [{column: rule.get(column if column != "rule" else "name") for column in THRESHOLD_COLUMNS}
             for rule in view.rules]
+    for row in rows:  # a status written by hand may hold anything: text where text is drawn, lists as lists
+        row.update({column: "" if row[column] is None else str(row[column]) for column in THRESHOLD_COLUMNS
+                    if column not in ("threshold", "hosts")})
+        row["hosts"] = [str(p) for p in row["hosts"]] if isinstance(row["hosts"], list) else []
     frame = pd.DataFrame(rows, columns=THRESHOLD_COLUMNS)
     frame["threshold"] = pd.to_numeric(frame["threshold"], errors="coerce")
     return frame.dropna(subset=["threshold"])
@@ -136,7 +141,7 @@ def read_states(client: redis.Redis, keys: schema.Keys, view: EvaluatorView | No
 
 def parse_states(raw: dict[str, str], view: EvaluatorView) -> pd.DataFrame:
     """The states hash as read: pending and firing alerts with their rule's severity and threshold."""
-    rules = {rule.get("name"): rule for rule in view.rules}
+    rules = {str(rule.get("name")): rule for rule in view.rules}
     rows = []
     for name, text in raw.items():
         rule, _, host = name.partition("@")
@@ -146,8 +151,8 @@ def parse_states(raw: dict[str, str], view: EvaluatorView) -> pd.DataFrame:
         about = rules.get(rule, {})
         rows.append({"rule": rule, "host": host or "local", "phase": state["phase"],
                      "since": local_time(state.get("active_ms")), "value": _float(state.get("value")),
-                     "severity": about.get("severity", "none"), "threshold": _float(about.get("threshold")),
-                     "op": about.get("op", "")})
+                     "severity": str(about.get("severity", "none")), "threshold": _float(about.get("threshold")),
+                     "op": str(about.get("op", ""))})
     frame = pd.DataFrame(rows, columns=STATE_COLUMNS)
     return frame.sort_values(["phase", "since"], ascending=[True, True], ignore_index=True)
 
@@ -297,10 +302,13 @@ class ChartAlerts:
 
     def on(self, chart: alt.Chart | alt.LayerChart, window: Window, source: str, fields: Iterable[str],
            scale: float | None = 1.0) -> alt.LayerChart:
-        """The chart with its rules' thresholds (times `scale`, none when None) and the periods shaded."""
+        """The chart with its rules' thresholds (times `scale`, none when None) and their periods shaded."""
         concern = thresholds_for(self.thresholds, source, fields)
+        # shaded: the periods of this chart's rules and of the runtime's (collector down, lag concern all)
+        shown = set(concern["rule"]) | set(self.thresholds.loc[self.thresholds["source"] == "runtime", "rule"])
+        periods = self.periods[self.periods["rule"].isin(shown)]
         if scale is None:
             concern = concern.iloc[:0]
         elif scale != 1.0:
             concern = concern.assign(threshold=concern["threshold"] * scale)
-        return with_alerts(chart, concern, self.periods, charts.time_x(window, "start"))
+        return with_alerts(chart, concern, periods, charts.time_x(window, "start"))

@@ -1,5 +1,6 @@
 """The page's alert readers and chart layers, on what a real evaluator stored."""
 
+import json
 from datetime import datetime
 
 import altair as alt
@@ -109,3 +110,16 @@ def test_with_alerts_keeps_one_spec_whether_or_not_anything_fires_and_moves_the_
         assert spec["layer"][0]["encoding"]["x"]["scale"] == specs[0]["layer"][1]["encoding"]["x"]["scale"]
     strip = [{k: v for k, v in layer.items() if k != "data"} for layer in specs[0]["layer"]]
     assert all([{k: v for k, v in layer.items() if k != "data"} for layer in s["layer"]] == strip for s in specs)
+
+
+def test_rules_of_odd_types_in_a_hand_written_status_draw_as_text(client):
+    client.hset(KEYS.status, mapping={"rules": json.dumps([
+        {"name": ["x"], "source": "sample", "value": {"a": 1}, "threshold": "5", "hosts": "web"},
+        {"name": "ok", "source": "sample", "value": schema.MEMORY_PERCENT, "threshold": True, "hosts": [1]},
+        {"name": "nan", "threshold": "soon"}])})
+    snapshot = alerts_view.read_alerts(client, schema.Keys())
+    assert snapshot.thresholds[["rule", "threshold"]].values.tolist() == [["['x']", 5.0], ["ok", 1.0]]
+    window = Window.last(60, datetime(2026, 1, 1, 12))
+    base = line_chart(tidy(pd.DataFrame(), {}), window, "Memory", "%")
+    chart = alerts_view.ChartAlerts.of(snapshot, None).on(base, window, "sample", [schema.MEMORY_PERCENT])
+    assert chart.layer[-1].data["rule"].tolist() == [] and chart.to_dict()["title"] == "Memory"
