@@ -18,8 +18,6 @@ import altair as alt
 import pandas as pd
 import redis
 
-from app import charts
-from app.timeline import Window
 from runtime import schema
 from runtime.alerts.config import alert_keys
 from runtime.status import STALE_AFTER_SECONDS, parse_instant, seconds_since
@@ -247,24 +245,25 @@ def threshold_layer(thresholds: pd.DataFrame) -> alt.Chart:
     )
 
 
-def firing_layer(periods: pd.DataFrame, x: alt.X | str = "start:T") -> alt.Chart:
-    """Shaded bands over the time axis while an alert fired: layer it under a time chart (`x`: its axis)."""
+def firing_layer(periods: pd.DataFrame) -> alt.Chart:
+    """Shaded bands over the time axis while an alert fired: layer it under a time chart (which owns the axis)."""
     return alt.Chart(periods).mark_rect(opacity=0.15, clip=True).encode(
-        x=x, x2="end:T",
+        x=alt.X("start:T", title=None), x2="end:T",
         color=_severity_color(),
         tooltip=["rule:N", "host:N", "severity:N", alt.Tooltip("start:T", format="%H:%M:%S"),
                  alt.Tooltip("end:T", format="%H:%M:%S")],
     )
 
 
-def with_alerts(chart: alt.Chart | alt.LayerChart, thresholds: pd.DataFrame, periods: pd.DataFrame,
-                x: alt.X | str = "start:T") -> alt.LayerChart:
-    """The chart with firing periods shaded under it and thresholds drawn over it, always both layers
-    (empty ones included) so the spec stays the same from tick to tick; the title moves to the top."""
+def with_alerts(chart: alt.Chart | alt.LayerChart, thresholds: pd.DataFrame,
+                periods: pd.DataFrame) -> alt.LayerChart:
+    """The chart with firing periods shaded under it (always, empty or not: alerts starting and ending do
+    not change the spec) and its rules' thresholds over it (a layer while a rule concerns the chart: an
+    empty one makes Vega warn of an infinite extent); the title moves to the top."""
     inner = list(chart.layer) if isinstance(chart, alt.LayerChart) else [chart]
     title = inner[0].title
-    layered = alt.layer(firing_layer(periods, x), *inner, threshold_layer(thresholds))
-    layered = layered.resolve_scale(color="independent")
+    over = [threshold_layer(thresholds)] if len(thresholds) else []
+    layered = alt.layer(firing_layer(periods), *inner, *over).resolve_scale(color="independent")
     return layered.properties(title=title) if title is not alt.Undefined else layered
 
 
@@ -300,7 +299,7 @@ class ChartAlerts:
     def of(cls, snapshot: AlertsSnapshot, host: str | None) -> ChartAlerts:
         return cls(*for_host(snapshot, host))
 
-    def on(self, chart: alt.Chart | alt.LayerChart, window: Window, source: str, fields: Iterable[str],
+    def on(self, chart: alt.Chart | alt.LayerChart, source: str, fields: Iterable[str],
            scale: float | None = 1.0) -> alt.LayerChart:
         """The chart with its rules' thresholds (times `scale`, none when None) and their periods shaded."""
         concern = thresholds_for(self.thresholds, source, fields)
@@ -311,4 +310,4 @@ class ChartAlerts:
             concern = concern.iloc[:0]
         elif scale != 1.0:
             concern = concern.assign(threshold=concern["threshold"] * scale)
-        return with_alerts(chart, concern, periods, charts.time_x(window, "start"))
+        return with_alerts(chart, concern, periods)

@@ -80,7 +80,7 @@ def cpu_panel(view: views.View, window: Window, cpu_view: str, alerts: ChartAler
         render.show(st, charts.cpu_heatmap(cpu, window, view.bucket))
     else:
         lines = charts.annotated(charts.cpu_lines(cpu, window), view.events, window)
-        render.show(st, alerts.on(lines, window, "sample", schema.cpu_fields(view.samples.columns)))
+        render.show(st, alerts.on(lines, "sample", schema.cpu_fields(view.samples.columns)))
 
 
 def _gib_per_percent(samples: pd.DataFrame) -> float | None:
@@ -112,8 +112,8 @@ def host_panels(view: views.View, window: Window, alerts: ChartAlerts) -> None:
                                    "Number of processes", "processes")),
     ]
     builders = [lambda b=b: charts.annotated(b(), events, window) for b in pairs]
-    builders[0] = lambda: alerts.on(charts.annotated(memory, events, window), window, "sample",
-                                    [schema.MEMORY_PERCENT], _gib_per_percent(small))
+    builders[0] = lambda: alerts.on(charts.annotated(memory, events, window), "sample", [schema.MEMORY_PERCENT],
+                                    _gib_per_percent(small))
     _grid(builders)
 
 
@@ -177,7 +177,7 @@ def outputs_panel(view: views.View, snapshot: Snapshot, window: Window, alerts: 
         return
     drawn = charts.line_chart(charts.tidy(view.outputs, other), window, "Function outputs", "value")
     marked = charts.with_errors(charts.annotated(drawn, view.events, window), snapshot.errors, window)
-    render.show(st, alerts.on(marked, window, "output", other))
+    render.show(st, alerts.on(marked, "output", other))
 
 
 def alerts_panel(alerts: AlertsSnapshot, status_key: str) -> None:
