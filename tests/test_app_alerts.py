@@ -96,3 +96,21 @@ def test_a_poisoned_alerts_key_costs_a_note_not_the_page(client, redis_url, page
     assert len(charts_of(at)) >= 8
     recent = next(e for e in at.expander if "Recent alerts" in e.label)
     assert recent.dataframe[0].value["rule"].tolist() == ["m\ufffdem"]
+
+
+def test_in_a_browser_thresholds_and_firing_periods_draw_without_vega_warnings(valkey, client, tmp_path, processes):
+    from tests.conftest import require_program
+    from tests.test_dashboard_browser import ARTIFACTS, browser_page, seed, start_configured_app, vega_warnings
+
+    require_program("chromium", "chromium")
+    seed(client)
+    rules = write_rules(tmp_path, RULES.replace("n_pid,", "n_pids,"))
+    with running_evaluator(alerts_env(valkey.connection_url, rules)):
+        wait_for(lambda: '"firing"' in " ".join(client.hvals(KEYS.states)), timeout=60, what="mem firing")
+        url = start_configured_app(valkey, tmp_path, processes)
+        with browser_page(url) as (page, console):
+            page.wait_for_selector("text=firing, 0 pending", timeout=15_000)
+            page.screenshot(path=str(ARTIFACTS / "dashboard-alerts.png"), full_page=True)
+            assert page.locator('[data-testid="stException"]').count() == 0
+            assert not vega_warnings(console), vega_warnings(console)
+            assert "No alert evaluator running" not in page.locator("body").inner_text()
