@@ -189,7 +189,8 @@ def alerts_panel(alerts: AlertsSnapshot, status_key: str) -> None:
     firing = int((states["phase"] == "firing").sum())
     if not states.empty:
         words = f"{firing} alert{'s' * (firing != 1)} firing, {len(states) - firing} pending"
-        (st.error if firing else st.warning)(words, icon=":material/notifications_active:" if firing else ":material/schedule:")
+        icon = ":material/notifications_active:" if firing else ":material/schedule:"
+        (st.error if firing else st.warning)(words, icon=icon)
         st.dataframe(states[["phase", "severity", "rule", "host", "since", "value", "op", "threshold"]],
                      hide_index=True, width="stretch",
                      column_config={"since": st.column_config.DatetimeColumn(format="D MMM HH:mm:ss"),
