@@ -112,11 +112,13 @@ def parse_evaluator(raw: dict[str, str]) -> EvaluatorView:
     age = seconds_since(parse_instant(raw.get("heartbeat")))
     webhooks = {name.removeprefix("webhook "): _json(text, {}) for name, text in raw.items()
                 if name.startswith("webhook ")}
+    fresh = age is not None and age <= STALE_AFTER_SECONDS
     return EvaluatorView(
-        present=True, heartbeat_age=age, running=raw.get("state") == "running" and age is not None and age <= STALE_AFTER_SECONDS,
+        present=True, running=raw.get("state") == "running" and fresh, heartbeat_age=age,
         rules=[r for r in _json(raw.get("rules"), []) if isinstance(r, dict)],
         problems=[p for p in _json(raw.get("rule_problems"), []) if isinstance(p, dict)],
-        rules_error=raw.get("rules_error", ""), problem=raw.get("problem", ""), webhooks={k: v for k, v in webhooks.items() if isinstance(v, dict)})
+        rules_error=raw.get("rules_error", ""), problem=raw.get("problem", ""),
+        webhooks={k: v for k, v in webhooks.items() if isinstance(v, dict)})
 
 
 def rule_thresholds(view: EvaluatorView) -> pd.DataFrame:
