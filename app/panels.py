@@ -222,6 +222,9 @@ def _evaluator_state(alerts: AlertsSnapshot, status_key: str) -> None:
         st.warning(f"Alert rules not loaded: {evaluator.rules_error}")
     for problem in evaluator.problems:
         st.warning(f"Alert rule `{problem.get('rule', '?')}`: {problem.get('message', '')}")
+    for url, state in evaluator.webhooks.items():
+        if state.get("state") == "failing":
+            st.warning(f"Alert webhook {url} failing since {state.get('since', '?')}: {state.get('last_error', '')}")
 
 
 def downloads(snapshot: Snapshot) -> None:

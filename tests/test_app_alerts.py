@@ -67,6 +67,11 @@ def test_the_page_without_an_evaluator_says_so_and_a_stale_one_is_flagged(client
                                                                          - timedelta(minutes=5)).isoformat()})
     at = page(redis_url)
     assert "Alert evaluator not running or stuck: last heartbeat 300 s ago" in warnings(at)
+    client.hset(KEYS.status, "webhook http://127.0.0.1:9/hook", json.dumps(
+        {"state": "failing", "since": "2026-11-30 09:00:00", "last_error": "ConnectionRefusedError"}))
+    at = page(redis_url)
+    assert "Alert webhook http://127.0.0.1:9/hook failing since 2026-11-30 09:00:00: ConnectionRefusedError" \
+        in warnings(at)
     assert {t: marks(s) for t, s in specs(at).items()} == {t: marks(s) for t, s in chart_specs.items()}
 
 
