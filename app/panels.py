@@ -114,6 +114,9 @@ def host_panels(view: views.View, window: Window, alerts: ChartAlerts) -> None:
     builders = [lambda b=b: charts.annotated(b(), events, window) for b in pairs]
     builders[0] = lambda: alerts.on(charts.annotated(memory, events, window), "sample", [schema.MEMORY_PERCENT],
                                     _gib_per_percent(small))
+    for index, field in ((1, schema.CPU_FREQ), (6, schema.N_PIDS)):  # charts of a sample field in its own unit
+        builders[index] = lambda b=pairs[index], f=field: alerts.on(charts.annotated(b(), events, window),
+                                                                    "sample", [f])
     _grid(builders)
 
 

@@ -54,7 +54,8 @@ def test_a_firing_alert_is_at_the_top_and_its_threshold_and_period_on_the_charts
     drawn = specs(at)
     for title in ("CPU utilisation per core", "Virtual memory"):
         assert marks(drawn[title])[0] == "rect" and marks(drawn[title])[-1] == "rule", title
-    assert "Number of processes" in drawn and marks(drawn["Number of processes"]) == ["line"]
+    assert marks(drawn["Number of processes"]) == ["rect", "line"]  # no rule of its own: periods only
+    assert marks(drawn["Network throughput"]) == ["line"]
 
 
 def test_the_page_without_an_evaluator_says_so_and_a_stale_one_is_flagged(client, redis_url, page):
