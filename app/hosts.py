@@ -47,6 +47,11 @@ def host_overview(client: redis.Redis, keys: schema.Keys, registry: dict[str, st
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def with_alerts(overview: pd.DataFrame, cells: dict[str, str]) -> pd.DataFrame:
+    """The table with each host's alert state (firing and pending counts, worst severity) as a column."""
+    return overview.assign(alerts=[cells.get(host, "") for host in overview["host"]])
+
+
 def sorted_page(overview: pd.DataFrame, sort: str, page: int, size: int = PAGE_SIZE) -> pd.DataFrame:
     """One page of the table in the chosen order; hosts without a value sort last."""
     column, ascending = SORTS[sort]

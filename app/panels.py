@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from app import charts, export, render, views
+from app.alerts_view import AlertsSnapshot, ChartAlerts
 from app.data import Snapshot
 from app.timeline import Window
 from runtime import schema, status
@@ -71,21 +72,30 @@ def _ghz(series: pd.Series | None) -> pd.Series | None:
     return None if series is None else series / 1000
 
 
-def cpu_panel(view: views.View, window: Window, cpu_view: str) -> None:
+def cpu_panel(view: views.View, window: Window, cpu_view: str, alerts: ChartAlerts) -> None:
     cpu = charts.cpu_frame(view.samples, view.outputs)
     cores = cpu["core"].nunique() if not cpu.empty else 0
     heatmap = cpu_view == "heatmap" or (cpu_view == "auto" and cores > 8)
     if heatmap:  # gaps show as empty cells; rules across the cells' rows would hide them
         render.show(st, charts.cpu_heatmap(cpu, window, view.bucket))
     else:
-        render.show(st, charts.annotated(charts.cpu_lines(cpu, window), view.events, window))
+        lines = charts.annotated(charts.cpu_lines(cpu, window), view.events, window)
+        render.show(st, alerts.on(lines, "sample", schema.cpu_fields(view.samples.columns)))
 
 
-def host_panels(view: views.View, window: Window) -> None:
+def _gib_per_percent(samples: pd.DataFrame) -> float | None:
+    """GiB in one percent of the latest memory total: memory-percent thresholds on the GiB chart."""
+    total = samples.get(schema.MEMORY_FIELDS[0])
+    total = total.dropna() if total is not None else pd.Series(dtype=float)
+    return float(total.iloc[-1]) / charts.GIB / 100 if not total.empty and total.iloc[-1] > 0 else None
+
+
+def host_panels(view: views.View, window: Window, alerts: ChartAlerts) -> None:
     small, events = view.samples, view.events
     net = views.net
+    memory = charts.memory_chart(small, window)
     pairs = [
-        (lambda: charts.memory_chart(small, window)),
+        (lambda: memory),
         (lambda: charts.line_chart(charts.tidy(small, {schema.CPU_FREQ: "frequency"}), window,
                                    "CPU frequency", "MHz")),
         (lambda: charts.line_chart(charts.tidy(small, {net("bytes_recv"): "in", net("bytes_sent"): "out"}),
@@ -101,7 +111,13 @@ def host_panels(view: views.View, window: Window) -> None:
         (lambda: charts.line_chart(charts.tidy(small, {schema.N_PIDS: "processes"}), window,
                                    "Number of processes", "processes")),
     ]
-    _grid([lambda b=b: charts.annotated(b(), events, window) for b in pairs])
+    builders = [lambda b=b: charts.annotated(b(), events, window) for b in pairs]
+    builders[0] = lambda: alerts.on(charts.annotated(memory, events, window), "sample", [schema.MEMORY_PERCENT],
+                                    _gib_per_percent(small))
+    for index, field in ((1, schema.CPU_FREQ), (6, schema.N_PIDS)):  # charts of a sample field in its own unit
+        builders[index] = lambda b=pairs[index], f=field: alerts.on(charts.annotated(b(), events, window),
+                                                                    "sample", [f])
+    _grid(builders)
 
 
 def _grid(builders: list[Callable[[], object]]) -> None:
@@ -157,13 +173,61 @@ def top_processes(top: dict | None) -> None:
                                         "rss": st.column_config.NumberColumn("RSS", format="bytes")})
 
 
-def outputs_panel(view: views.View, snapshot: Snapshot, window: Window) -> None:
+def outputs_panel(view: views.View, snapshot: Snapshot, window: Window, alerts: ChartAlerts) -> None:
     other = charts.output_series(view.outputs)
     if not other and snapshot.errors.empty:
         st.info("The function has stored no numeric outputs in this window yet.")
         return
     drawn = charts.line_chart(charts.tidy(view.outputs, other), window, "Function outputs", "value")
-    render.show(st, charts.with_errors(charts.annotated(drawn, view.events, window), snapshot.errors, window))
+    marked = charts.with_errors(charts.annotated(drawn, view.events, window), snapshot.errors, window)
+    render.show(st, alerts.on(marked, "output", other))
+
+
+def alerts_panel(alerts: AlertsSnapshot, status_key: str) -> None:
+    """Firing and pending alerts first; the evaluator's state, its rule problems and recent transitions."""
+    for problem in alerts.problems:
+        st.warning(problem)
+    _evaluator_state(alerts, status_key)
+    states = alerts.states
+    firing = int((states["phase"] == "firing").sum())
+    if not states.empty:
+        words = f"{firing} alert{'s' * (firing != 1)} firing, {len(states) - firing} pending"
+        icon = ":material/notifications_active:" if firing else ":material/schedule:"
+        (st.error if firing else st.warning)(words, icon=icon)
+        st.dataframe(states[["phase", "severity", "rule", "host", "since", "value", "op", "threshold"]],
+                     hide_index=True, width="stretch",
+                     column_config={"since": st.column_config.DatetimeColumn(format="D MMM HH:mm:ss"),
+                                    "value": st.column_config.NumberColumn(format="%.2f"),
+                                    "threshold": st.column_config.NumberColumn(format="%.2f")})
+    elif alerts.evaluator.present:
+        st.caption(f"No alerts firing or pending ({len(alerts.evaluator.rules)} rules).")
+    if not alerts.recent.empty:
+        with st.expander(f"Recent alerts ({len(alerts.recent)})"):
+            recent = alerts.recent.iloc[::-1][["time", "phase", "severity", "rule", "host", "value", "summary"]]
+            st.dataframe(recent, hide_index=True, width="stretch",
+                         column_config={"time": st.column_config.DatetimeColumn(format="D MMM HH:mm:ss"),
+                                        "value": st.column_config.NumberColumn(format="%.2f")})
+
+
+def _evaluator_state(alerts: AlertsSnapshot, status_key: str) -> None:
+    evaluator = alerts.evaluator
+    if not evaluator.present:
+        st.info(f"No alert evaluator running: no status at `{status_key}`. Start `python -m runtime.alerts` "
+                "(rules in alerts.yaml) to have alerts evaluated and shown here.")
+        return
+    if not evaluator.running:
+        age = "never" if evaluator.heartbeat_age is None else f"{evaluator.heartbeat_age:,.0f} s ago"
+        st.warning(f"Alert evaluator not running or stuck: last heartbeat {age}. The alerts below may be "
+                   "out of date; start `python -m runtime.alerts`.")
+    if evaluator.problem:
+        st.warning(f"Alert evaluator problem: {evaluator.problem}")
+    if evaluator.rules_error:
+        st.warning(f"Alert rules not loaded: {evaluator.rules_error}")
+    for problem in evaluator.problems:
+        st.warning(f"Alert rule `{problem.get('rule', '?')}`: {problem.get('message', '')}")
+    for url, state in evaluator.webhooks.items():
+        if state.get("state") == "failing":
+            st.warning(f"Alert webhook {url} failing since {state.get('since', '?')}: {state.get('last_error', '')}")
 
 
 def downloads(snapshot: Snapshot) -> None:

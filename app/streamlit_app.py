@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `streamlit ru
 import redis  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from app import data, embedded, hosts, panels, views  # noqa: E402
+from app import alerts_view, data, embedded, hosts, panels, views  # noqa: E402
 from app.stores import known_hosts, metrics_store  # noqa: E402
 from runtime.config import ConfigError, RedisSettings  # noqa: E402
 
@@ -154,27 +154,30 @@ def no_samples(snapshot: data.Snapshot) -> None:
                 "INTERVAL seconds; start it with `python -m runtime.collector` if it is not running.")
 
 
-def draw(snapshot: data.Snapshot) -> None:
+def draw(snapshot: data.Snapshot, alerts: alerts_view.AlertsSnapshot) -> None:
     notes(snapshot)
     if snapshot.samples.empty:
         no_samples(snapshot)
         panels.health(snapshot, keys.output, starting)
         return
     view = views.build(snapshot)
+    chart_alerts = alerts_view.ChartAlerts.of(alerts, host)
     panels.kpis(snapshot, view)
-    panels.cpu_panel(view, snapshot.window, cpu_view)
-    panels.host_panels(view, snapshot.window)
+    panels.cpu_panel(view, snapshot.window, cpu_view, chart_alerts)
+    panels.host_panels(view, snapshot.window, chart_alerts)
     panels.extra_panels(snapshot, view, snapshot.window)
     panels.top_processes(snapshot.top)
-    panels.outputs_panel(view, snapshot, snapshot.window)
+    panels.outputs_panel(view, snapshot, snapshot.window, chart_alerts)
     panels.health(snapshot, keys.output, starting)
 
 
-def all_hosts() -> None:
+def all_hosts(alerts: alerts_view.AlertsSnapshot) -> None:
     st.subheader(f"All hosts ({len(registry):,})")
     left, right = st.columns(2)
     sort = left.selectbox("Sort by", list(hosts.SORTS))
-    overview = hosts.host_overview(store.client, settings.keys, registry, data.server_now(store.client))
+    overview = hosts.with_alerts(hosts.host_overview(store.client, settings.keys, registry,
+                                                     data.server_now(store.client)),
+                                 alerts_view.host_cells(alerts.by_host))
     pages = hosts.page_count(len(overview))
     page = right.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1) - 1
     st.dataframe(hosts.sorted_page(overview, sort, page), hide_index=True, width="stretch",
@@ -186,12 +189,16 @@ def all_hosts() -> None:
 @st.fragment(run_every=settings.refresh_seconds if live else None)
 def live_panels() -> None:
     try:
+        top = st.container()  # alerts first on the page, read after the samples (their window's end)
         snapshot = read()
+        alerts = alerts_view.read_alerts(base_store.client, settings.keys, snapshot and snapshot.window.end)
+        with top:
+            panels.alerts_panel(alerts, alerts_view.alert_keys(settings.keys).status)
         if snapshot is None:
             return
-        draw(snapshot)
+        draw(snapshot, alerts)
         if len(registry) > 1:
-            all_hosts()
+            all_hosts(alerts)
     except Exception as error:  # data the page cannot draw: say so, forget it, reread on the next tick
         log.exception("a tick could not be drawn")
         st.warning(f"Skipped this tick: the data read could not be used ({type(error).__name__}: "

@@ -1,5 +1,6 @@
 """The page's alert readers and chart layers, on what a real evaluator stored."""
 
+import json
 from datetime import datetime
 
 import altair as alt
@@ -45,7 +46,8 @@ def test_states_transitions_periods_and_thresholds_from_a_real_evaluator(client,
     memory = alerts_view.thresholds_for(thresholds, "sample", [schema.MEMORY_PERCENT])
     assert memory["rule"].tolist() == ["mem"] and memory["threshold"].tolist() == [50.0]
     assert alerts_view.host_alerts(states).to_dict("records") == [{"host": "local", "firing": "mem",
-                                                                   "pending": "pids"}]
+                                                                   "pending": "pids", "worst": "critical"}]
+    assert alerts_view.host_cells(alerts_view.host_alerts(states)) == {"local": "1 firing (critical) · 1 pending"}
     snapshot = alerts_view.read_alerts(client, schema.Keys(), now=datetime.fromtimestamp(10))
     assert snapshot.states.equals(states) and snapshot.periods.equals(periods) and len(snapshot.recent) == 4
     assert snapshot.by_host["firing"].tolist() == ["mem"] and snapshot.thresholds["rule"].tolist() == [
@@ -82,3 +84,43 @@ def test_malformed_alert_entries_are_skipped_not_raised(client):
     assert states[["rule", "host", "since"]].to_dict("records") == [{"rule": "cpu", "host": "h", "since": None}]
     assert alerts_view.read_transitions(client, schema.Keys()).empty
     assert alerts_view.firing_periods(alerts_view.read_transitions(client, schema.Keys())).empty
+
+
+def test_with_alerts_keeps_one_spec_whether_or_not_anything_fires_and_moves_the_title_up():
+    samples = pd.DataFrame({schema.MEMORY_PERCENT: [40.0, 60.0]},
+                           index=pd.DatetimeIndex([datetime(2026, 1, 1, 12), datetime(2026, 1, 1, 12, 1)], name="time"))
+    window = Window.last(180, datetime(2026, 1, 1, 12, 2))
+    base = line_chart(tidy(samples, {schema.MEMORY_PERCENT: "memory %"}), window, "Memory", "%")
+    thresholds = pd.DataFrame([{"rule": "mem", "source": "sample", "value": "virtual_memory-*", "op": ">",
+                                "threshold": 50.0, "severity": "critical", "hosts": ["web-*"]}])
+    periods = pd.DataFrame([{"rule": "mem", "host": "web-1", "severity": "critical",
+                             "start": datetime(2026, 1, 1, 12, 1), "end": datetime(2026, 1, 1, 12, 2)}])
+    snapshot = alerts_view.AlertsSnapshot(alerts_view.EvaluatorView(), pd.DataFrame(), pd.DataFrame(), periods,
+                                          thresholds, pd.DataFrame())
+    firing = alerts_view.ChartAlerts.of(snapshot, "web-1").on(base, "sample", [schema.MEMORY_PERCENT], 2.0)
+    other = alerts_view.ChartAlerts.of(snapshot, "db-1").on(base, "sample", [schema.MEMORY_PERCENT])
+    unscaled = alerts_view.ChartAlerts.of(snapshot, "web-1").on(base, "sample", [schema.MEMORY_PERCENT], None)
+    assert firing.layer[-1].data["threshold"].tolist() == [100.0] and len(firing.layer[0].data) == 1
+    assert len(other.layer) == 2 and other.layer[0].data.empty  # the rule is not db-1's: no threshold, no period
+    assert len(unscaled.layer) == 2  # no total memory: no threshold drawn at a wrong height
+    marks = [[layer["mark"]["type"] for layer in chart.to_dict()["layer"]] for chart in (firing, unscaled)]
+    assert marks == [["rect", "line", "rule"], ["rect", "line"]]  # no empty threshold layer: Vega warns
+    specs = [chart.to_dict() for chart in (firing, other)]
+    for spec in specs:
+        assert spec["title"] == "Memory" and spec["layer"][1]["encoding"]["x"]["scale"]["domain"]
+        assert spec["layer"][0]["encoding"]["x"] == {"field": "start", "type": "temporal", "title": None}
+    strip = [{k: v for k, v in layer.items() if k != "data"} for layer in specs[0]["layer"][:2]]
+    assert [{k: v for k, v in layer.items() if k != "data"} for layer in specs[1]["layer"]] == strip
+
+
+def test_rules_of_odd_types_in_a_hand_written_status_draw_as_text(client):
+    client.hset(KEYS.status, mapping={"rules": json.dumps([
+        {"name": ["x"], "source": "sample", "value": {"a": 1}, "threshold": "5", "hosts": "web"},
+        {"name": "ok", "source": "sample", "value": schema.MEMORY_PERCENT, "threshold": True, "hosts": [1]},
+        {"name": "nan", "threshold": "soon"}])})
+    snapshot = alerts_view.read_alerts(client, schema.Keys())
+    assert snapshot.thresholds[["rule", "threshold"]].values.tolist() == [["['x']", 5.0], ["ok", 1.0]]
+    window = Window.last(60, datetime(2026, 1, 1, 12))
+    base = line_chart(tidy(pd.DataFrame(), {}), window, "Memory", "%")
+    chart = alerts_view.ChartAlerts.of(snapshot, None).on(base, "sample", [schema.MEMORY_PERCENT])
+    assert len(chart.layer) == 2 and chart.to_dict()["title"] == "Memory"
