@@ -321,6 +321,34 @@ class Runtime:
         effects.counters.update({status.INVOCATIONS: len(done), status.ERRORS: len(effects.errors)})
         return effects
 
+    # --- batches read elsewhere: the fleet reads many hosts' streams in one XREAD ----------------------
+
+    def handle(self, batch: list[Sample]) -> None:
+        """Call and commit a batch read after `read_after()`; restores from the checkpoint first if needed."""
+        self.resume()
+        with_env = self._env_due(batch[-1])
+        done = self._invoke(batch, with_env)
+        if done:
+            self._commit(done, with_env)
+
+    def resume(self) -> None:
+        """Adopt the stored checkpoint unless already done since the last `invalidate()`."""
+        if not self._restored:
+            self._restore()
+
+    def invalidate(self) -> None:
+        """Re-read the checkpoint before the next batch: the env in the invoker is gone or not ours."""
+        self._restored = False
+
+    def read_after(self) -> StreamCursor:
+        """The stream position the next batch starts after (resume() first)."""
+        if isinstance(self.committed.cursor, StreamCursor):
+            return self.committed.cursor
+        if self.reader.started_ms is None:
+            seconds, micros = self.client.time()
+            self.reader.started_ms = seconds * 1000 + micros // 1000
+        return self.reader._start_cursor(self.committed.cursor)  # noqa: SLF001 - the same rule as reading alone
+
     def describe(self) -> str:
         """Why the runtime is not ready, for /readyz."""
         if self.status.problem:

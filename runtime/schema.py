@@ -195,6 +195,11 @@ class Keys:
     def lease(self) -> str:
         return self._derived("lease")
 
+    @property
+    def replicas(self) -> str:
+        """The runtime replicas sharing this output key's hosts (sorted set: replica -> lease expiry, ms)."""
+        return self._derived("lease") + ":replicas"  # under the reserved `lease`: no host's key can land here
+
 
 # --- timestamps ---------------------------------------------------------------------------------
 

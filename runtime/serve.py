@@ -17,6 +17,7 @@ import resource
 import signal
 import socket
 import sys
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -44,6 +45,8 @@ class Server:
         self.context = Context(function_getmtime="", **settings.context_fields)
         self.tail = Tail(OUTPUT_TAIL)
         self.pid = _getpid()
+        # Further contexts by id (the fleet's hosts), each with its own env and context fields.
+        self.contexts: dict[str, tuple[Context, FunctionSettings]] = {}
 
     def serve(self) -> None:
         """Answer requests until the runtime closes the socket."""
@@ -54,29 +57,44 @@ class Server:
                 return
             op, message_id = message.get("op"), message.get("id")
             if op == "batch":
-                self.run_batch(message_id, message["requests"], message.get("with_env", True))
+                self.run_batch(message_id, message["requests"], message.get("with_env", True), message.get("context"))
             else:
                 self.reply({**self.answer(op, message), "id": message_id})
 
-    def run_batch(self, first: int, requests: list[list[Any]], with_env: bool) -> None:
+    def run_batch(self, first: int, requests: list[list[Any]], with_env: bool, context_id: str | None = None) -> None:
+        context, settings = self.context_of(context_id)
         for index, (entry_id, raw, problem) in enumerate(requests):
-            outcome = call(self.function, self.context, self.settings, Request(entry_id, raw, problem), self.tail)
+            outcome = call(self.function, context, settings, Request(entry_id, raw, problem), self.tail)
             if with_env and index == len(requests) - 1:  # the env with the last reply saves the commit a round trip
-                outcome["env"] = encode_env(self.context.env)
+                outcome["env"] = encode_env(context.env)
             self.reply({**outcome, "id": first + index})
 
+    def context_of(self, context_id: str | None,
+                   fields: dict[str, Any] | None = None) -> tuple[Context, FunctionSettings]:
+        """The default context (None), or one by id, made with its own context fields when new."""
+        if context_id is None:
+            return self.context, self.settings
+        if context_id not in self.contexts:
+            settings = replace(self.settings, context_fields={**self.settings.context_fields, **(fields or {})})
+            self.contexts[context_id] = Context(function_getmtime="", **settings.context_fields), settings
+        return self.contexts[context_id]
+
     def answer(self, op: str, message: dict[str, Any]) -> dict[str, Any]:
+        context = self.context_of(message.get("context"), message.get("fields"))[0] if op != "drop" else None
         if op == "load":
             self.function.refresh(retry=True)
             current = self.function.current
             return {"version": current.version if current else None, "error": self.function.error}
         if op == "env":
-            data, error = encode_env(self.context.env)
+            data, error = encode_env(context.env)
             return {"env": data, "error": error}
         if op == "restore":
-            self.context.env = decode_env(message["env"])
+            context.env = decode_env(message["env"])
             last = message["last_execution"]
-            self.context.last_execution = datetime.fromisoformat(last) if last else None
+            context.last_execution = datetime.fromisoformat(last) if last else None
+            return {}
+        if op == "drop":  # a host the runtime no longer follows: its env goes with it
+            self.contexts.pop(message.get("context"), None)
             return {}
         return {"unknown": op}
 

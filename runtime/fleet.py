@@ -1,0 +1,380 @@
+"""Many hosts on one runtime: one blocking read over all their streams, one worker, a small state per host.
+
+    assign   a keeper thread renews this replica's host leases and takes its fair share (fleetlease)
+    read     one XREAD BLOCK over the streams of every host held, each after its own checkpoint
+    call     each host's batch in the shared worker, in that host's own context (fleetpool)
+    commit   each host's outputs, errors and checkpoint in the fenced commit script (commit.py)
+
+Per host there is no thread, process or connection: a host is a loop.Runtime used only for its
+checkpoint, commit and status pieces (its `handle()`), fed by this reader. A handler that times out
+or crashes the worker costs that host's invocation; the other hosts restore their contexts from
+their checkpoints before their next batch. Hosts silent for HOST_TTL are dropped and released.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+
+from runtime import schema, status
+from runtime.config import BACKOFF_CAP_SECONDS, RuntimeConfig
+from runtime.fleetlease import Assignment, HostLeases
+from runtime.fleetmetrics import FleetMetrics
+from runtime.fleetpool import HostInvoker, Pool
+from runtime.invoke import EnvLost
+from runtime.keytypes import KeyTypeError, is_wrongtype
+from runtime.lease import RENEWALS_PER_LEASE
+from runtime.loop import Runtime
+from runtime.observe import Health, Metrics
+from runtime.reader import entry_sample
+from runtime.status import HEARTBEAT_SECONDS, State
+
+log = logging.getLogger(__name__)
+
+FIRST_BACKOFF_SECONDS = 0.1
+BLOCKED_RECHECK_SECONDS = 10.0  # how often a host whose stream key has the wrong type is looked at again
+
+
+@dataclasses.dataclass
+class HostLease:
+    """A host's lease as its Runtime sees it: held by the fleet's keeper; a fenced commit may drop it."""
+
+    key: str
+    holder: str
+    held: bool = True
+
+    def release(self) -> None:
+        pass  # the keeper gives leases back
+
+
+@dataclasses.dataclass
+class Host:
+    """One followed host: its runtime pieces, its stream, when it last spoke (server clock, ms)."""
+
+    name: str
+    runtime: Runtime
+    invoker: HostInvoker
+    stream: str
+    last_seen_ms: int
+    generation: int | None = None  # the shared worker's generation the host's context was adopted in
+
+
+class Fleet:
+    def __init__(self, config: RuntimeConfig, client: redis.Redis, stop: threading.Event, pool: Pool,
+                 metrics: Metrics | None = None) -> None:
+        self.config, self.client, self.stop, self.pool = config, client, stop, pool
+        self.metrics = FleetMetrics(metrics or Metrics())
+        self.health = Health(config.handler_timeout)
+        self.leases = HostLeases(client, config.keys, config.lease_seconds, config.max_hosts)
+        self.keeper = AssignmentKeeper(self)
+        self.hosts: dict[str, Host] = {}
+        self.by_stream: dict[str, Host] = {}
+        self.blocked: dict[str, float] = {}  # host -> monotonic time to look at its stream's type again
+        self.problem = ""  # what the fleet as a whole cannot do (shown by /readyz and logged once)
+        self._blocking = redis.Redis(connection_pool=client.connection_pool, single_connection_client=True)
+        self._blocking_id: int | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Follow the hosts assigned to this replica until `stop`; no failure of a step ends the loop."""
+        threading.Thread(target=self._wake_on_stop, name="fleet-stop-waker", daemon=True).start()
+        self.keeper.start()
+        backoff = FIRST_BACKOFF_SECONDS
+        try:
+            while not self.stop.is_set():
+                backoff = self._guarded_step(backoff)
+        finally:
+            self.pool.close()
+            self._release_all()
+            self._blocking.close()
+        log.info("fleet_stopped hosts=%d", len(self.hosts))
+
+    def _guarded_step(self, backoff: float) -> float:
+        try:
+            self._step()
+            return FIRST_BACKOFF_SECONDS
+        except redis.RedisError as error:
+            self.health.ready = False
+            self.health.progress()  # waiting for Redis is not a stall a restart would cure
+            self._blocking_id = None
+            log.warning("redis_unavailable url=%s error=%s retry_in=%.1fs", self.config.redis.safe_url(), error,
+                        backoff)
+        except Exception as error:  # a fault of the fleet's own: it must not end the loop
+            log.exception("fleet_step_failed error=%r retry_in=%.1fs", error, backoff)
+            self.metrics.base.loop_errors.inc()
+            for host in self.hosts.values():
+                host.runtime.invalidate()
+        self.stop.wait(backoff)
+        return min(backoff * 2, BACKOFF_CAP_SECONDS)
+
+    def _wake_on_stop(self) -> None:
+        self.stop.wait()
+        self.wake()
+        self.keeper.changed.set()
+
+    def wake(self) -> None:
+        """End a blocking read now (from another thread): new hosts, or a stop."""
+        if self._blocking_id is not None:
+            try:
+                self.client.client_unblock(self._blocking_id)
+            except redis.RedisError:
+                pass
+
+    def _release_all(self) -> None:
+        try:
+            self.leases.release_all(list(self.hosts))
+        except redis.RedisError as error:
+            log.warning("leases_not_released error=%s: they lapse in %gs", error, self.config.lease_seconds)
+
+    # --- one round ------------------------------------------------------------------------------
+
+    def _step(self) -> None:
+        if not self._function_ready():
+            return
+        self._follow(self.keeper.assignment)
+        streams = {host.stream: host.runtime.read_after().entry_id for host in self._ready_hosts()}
+        self.health.ready = True
+        if not streams:
+            self.keeper.changed.wait(self.keeper.period)
+            self.keeper.changed.clear()
+            self.health.progress()
+            return
+        for stream, entries in self._read(streams):
+            self._handle(self.by_stream[stream], [entry_sample(entry_id, fields) for entry_id, fields in entries])
+        self.health.progress()
+
+    def _function_ready(self) -> bool:
+        if self.pool.refresh():
+            self.metrics.base.function.info({"version": self.pool.version})
+            log.info("fleet_function version=%s", self.pool.version)
+        if self.pool.version is None:
+            self.health.ready = False
+            self.health.progress()
+            self.stop.wait(min(self.config.interval, 2.0))
+            return False
+        return True
+
+    def _ready_hosts(self) -> list[Host]:
+        """Held hosts with their checkpoint adopted, except those whose stream has the wrong type."""
+        ready = []
+        for host in self.hosts.values():
+            if not host.runtime.lease.held or self._blocked(host):
+                continue
+            if host.generation != self.pool.generation():  # the worker restarted: its context is gone
+                host.runtime.invalidate()
+            if self._resumed(host):
+                host.generation = self.pool.generation()
+                ready.append(host)
+        self.by_stream = {host.stream: host for host in ready}
+        return ready
+
+    def _resumed(self, host: Host) -> bool:
+        """Adopt the host's checkpoint now (its status says running); False when that failed (recorded)."""
+        try:
+            host.runtime.resume()
+            return True
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise
+        except EnvLost as lost:
+            self._worker_lost(host, lost)
+        except Exception as error:  # its keys or checkpoint: that host waits, the others go on
+            self._host_failed(host, error)
+        return False
+
+    def _read(self, streams: dict[str, str]) -> list[Any]:
+        if self._blocking_id is None:
+            self._blocking_id = self._blocking.client_id()
+        try:
+            return self._blocking.xread(streams, count=self.config.batch_size,
+                                        block=int(self.config.block_seconds * 1000)) or []
+        except redis.ResponseError as error:
+            if not is_wrongtype(error):
+                raise
+            self._find_wrong_types(list(streams))
+            return []
+        except redis.ConnectionError:
+            self._blocking_id = None  # a new connection has another id
+            raise
+
+    def _find_wrong_types(self, streams: list[str]) -> None:
+        """One host's input stream is not a stream: set that host aside (it says why), not the others."""
+        pipe = self.client.pipeline(transaction=False)
+        for stream in streams:
+            pipe.type(stream)
+        for stream, found in zip(streams, pipe.execute()):
+            if found not in ("stream", "none"):
+                host = self.by_stream[stream]
+                self._host_failed(host, KeyTypeError(stream, found, "stream"))
+                self.blocked[host.name] = time.monotonic() + BLOCKED_RECHECK_SECONDS
+
+    def _blocked(self, host: Host) -> bool:
+        recheck_at = self.blocked.get(host.name)
+        if recheck_at is None:
+            return False
+        if time.monotonic() < recheck_at:
+            return True
+        del self.blocked[host.name]  # look again: XREAD says whether it is still wrong
+        return False
+
+    # --- one host's batch -----------------------------------------------------------------------
+
+    def _handle(self, host: Host, batch: list) -> None:
+        """Call and commit one host's batch; whatever fails costs this host's batch, not the others'."""
+        self.health.calling(True)
+        try:
+            host.runtime.handle(batch)
+            host.last_seen_ms = batch[-1].cursor.millis
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise
+        except EnvLost as lost:  # the shared worker died idle: every context is gone, this host says so
+            self._worker_lost(host, lost)
+        except Exception as error:  # its keys, its checkpoint, the runtime's own fault at this host
+            self._host_failed(host, error)
+        finally:
+            self.health.calling(False)
+
+    def _worker_lost(self, host: Host, lost: EnvLost) -> None:
+        log.warning("worker_lost host=%s error=%s; every host restores from its checkpoint", host.name, lost)
+        self.metrics.base.errors.labels(fault=lost.error["fault"]).inc()
+        host.runtime.status.store_error(lost.error)
+        for other in self.hosts.values():
+            other.runtime.invalidate()
+
+    def _host_failed(self, host: Host, error: Exception) -> None:
+        if isinstance(error, KeyTypeError):
+            log.error("host_stalled host=%s problem=%s", host.name, error)
+        else:
+            log.exception("host_step_failed host=%s error=%r", host.name, error)
+            self.metrics.base.loop_errors.inc()
+        problem = f"{type(error).__name__}: {error}" if not isinstance(error, KeyTypeError) else str(error)
+        try:
+            host.runtime.status.set(State.STALLED, problem=problem[:status.ERROR_MESSAGE_MAX])
+        except redis.RedisError:
+            pass
+        host.runtime.invalidate()
+
+    # --- following and dropping hosts -------------------------------------------------------------
+
+    def _follow(self, assignment: Assignment) -> None:
+        """Adopt the hosts newly assigned to us, drop the others, say when some cannot be followed at all."""
+        for name in [name for name in self.hosts if name not in assignment.held]:
+            self._drop(name)
+        for name in sorted(assignment.held - set(self.hosts)):
+            self.hosts[name] = self._adopt(name)
+        for host in self.hosts.values():
+            if not host.runtime.lease.held:  # a commit found it taken; the keeper has it back for us
+                host.runtime.lease.held = True
+                host.runtime.invalidate()
+        self._report(assignment)
+
+    def _adopt(self, name: str) -> Host:
+        keys = self.config.keys.for_host(name)
+        invoker = HostInvoker(self.pool, name, {"input_key": keys.input, "output_key": keys.output})
+        runtime = Runtime(dataclasses.replace(self.config, keys=keys), self.client, self.stop, invoker,
+                          metrics=self.metrics.for_host(name))  # type: ignore[arg-type]
+        runtime.lease = HostLease(keys.lease, self.leases.holder)
+        runtime.health = self.health
+        log.info("host_followed host=%s output=%s", name, keys.output)
+        return Host(name, runtime, invoker, keys.input_stream, self.keeper.server_ms)
+
+    def _drop(self, name: str) -> None:
+        """Forget a host no longer ours (or silent): its context, its series; the keeper gave its lease back."""
+        host = self.hosts.pop(name)
+        self.blocked.pop(name, None)
+        self.metrics.drop(name)
+        try:
+            host.invoker.close()
+        except Exception as error:  # noqa: BLE001 - a dead worker holds no context to drop
+            log.debug("context_not_dropped host=%s error=%r", name, error)
+        log.info("host_released host=%s", name)
+
+    def _report(self, assignment: Assignment) -> None:
+        problem = ""
+        if assignment.capped and assignment.unheld:
+            problem = (f"{len(assignment.unheld)} hosts are followed by no runtime: every replica follows "
+                       f"MAX_HOSTS={self.config.max_hosts}; add runtime replicas or raise MAX_HOSTS")
+        if problem != self.problem:
+            (log.error if problem else log.info)("fleet_hosts %s", problem or "every host is followed")
+        self.problem = problem
+        self.metrics.hosts.labels(state="held").set(len(self.hosts))
+        self.metrics.hosts.labels(state="unheld").set(len(assignment.unheld))
+
+    def silent(self, now_ms: int) -> list[str]:
+        """The hosts held whose last sample is older than HOST_TTL (server clock)."""
+        limit = now_ms - int(self.config.host_ttl * 1000)
+        return [host.name for host in list(self.hosts.values()) if host.last_seen_ms < limit]
+
+    def describe(self) -> str:
+        if self.problem:
+            return self.problem
+        if self.pool.version is None:
+            return f"no function loaded ({self.pool.error or 'loading'})"
+        return "starting"
+
+
+class AssignmentKeeper(threading.Thread):
+    """Reads the registry and runs the lease script 2.5 times per lease period, apart from the loop."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        super().__init__(name="fleet-leases", daemon=True)
+        self.fleet = fleet
+        self.period = min(fleet.config.lease_seconds / RENEWALS_PER_LEASE, HEARTBEAT_SECONDS)
+        self.assignment = Assignment(frozenset(), (), False)
+        self.changed = threading.Event()
+        self.server_ms = 0  # the Redis server's clock at the last tick
+        self.unheld_marked: set[str] = set()  # hosts whose status says that no runtime follows them
+
+    def run(self) -> None:
+        while not self.fleet.stop.is_set():
+            try:
+                self.tick()
+            except redis.RedisError as error:  # the loop reports the outage; a missed tick is retried
+                log.warning("leases_not_renewed error=%s", error)
+            except Exception as error:  # noqa: BLE001 - the keeper must keep going
+                log.exception("lease_tick_failed error=%r", error)
+            self.fleet.stop.wait(self.period)
+
+    def tick(self) -> None:
+        fleet = self.fleet
+        seconds, micros = fleet.client.time()
+        self.server_ms = seconds * 1000 + micros // 1000
+        registry = fleet.client.hgetall(fleet.config.keys.hosts)
+        hosts, skipped = schema.valid_host_ids(registry)
+        fleet.metrics.hosts.labels(state="skipped").set(skipped)
+        hosts = self._without_silent(hosts, registry)
+        assignment = fleet.leases.assign(hosts, heartbeat=fleet.health.alive)
+        self._mark_unheld(assignment)
+        if assignment.held != self.assignment.held:
+            fleet.wake()  # the read in progress does not cover the new hosts
+        self.assignment = assignment
+        self.changed.set()
+
+    def _without_silent(self, hosts: list[str], registry: dict[str, str]) -> list[str]:
+        """Forget the hosts silent for HOST_TTL (unless they registered again meanwhile)."""
+        forgotten = set()
+        for host in self.fleet.silent(self.server_ms):
+            if self.fleet.leases.forget(host, registry.get(host, "")):
+                forgotten.add(host)
+                log.warning("host_dropped host=%s: no sample for HOST_TTL=%gs; it is followed again when its "
+                            "collector publishes", host, self.fleet.config.host_ttl)
+        if forgotten:
+            self.fleet.leases.release_all(sorted(forgotten), announced=True)
+        return [host for host in hosts if host not in forgotten]
+
+    def _mark_unheld(self, assignment: Assignment) -> None:
+        """Say in each waiting host's status why nothing handles its samples (once per host)."""
+        waiting = set(assignment.unheld) if assignment.capped else set()
+        pipe = self.fleet.client.pipeline(transaction=False)
+        for host in waiting - self.unheld_marked:
+            pipe.hset(self.fleet.config.keys.for_host(host).status, mapping={
+                status.STATE: State.STALLED.value, status.PROBLEM: self.fleet.problem or (
+                    f"no runtime replica has room for this host: each follows MAX_HOSTS="
+                    f"{self.fleet.config.max_hosts}; add runtime replicas or raise MAX_HOSTS")})
+        pipe.execute()
+        self.unheld_marked = waiting
