@@ -329,6 +329,7 @@ class AssignmentKeeper(threading.Thread):
         self.changed = threading.Event()
         self.server_ms = 0  # the Redis server's clock at the last tick
         self.unheld_marked: set[str] = set()  # hosts whose status says that no runtime follows them
+        self.skipped: set[str] = set()  # registry ids that are not host ids, reported once each
 
     def run(self) -> None:
         while not self.fleet.stop.is_set():
@@ -347,6 +348,8 @@ class AssignmentKeeper(threading.Thread):
         registry = fleet.client.hgetall(fleet.config.keys.hosts)
         hosts, skipped = schema.valid_host_ids(registry)
         fleet.metrics.hosts.labels(state="skipped").set(skipped)
+        if skipped:
+            self._report_skipped(set(registry) - set(hosts))
         hosts = self._without_silent(hosts, registry)
         assignment = fleet.leases.assign(hosts, heartbeat=fleet.health.alive)
         self._mark_unheld(assignment)
@@ -354,6 +357,16 @@ class AssignmentKeeper(threading.Thread):
             fleet.wake()  # the read in progress does not cover the new hosts
         self.assignment = assignment
         self.changed.set()
+
+    def _report_skipped(self, invalid: set[str]) -> None:
+        """Log and count each id that cannot be a host once (not UTF-8, not a node name, reserved)."""
+        for host in sorted(invalid - self.skipped):
+            try:
+                schema.validate_host_id(host)
+            except ValueError as error:
+                log.error("host_ignored host=%r error=%s", host, error)
+            self.fleet.metrics.base.hosts_skipped.inc()
+        self.skipped = invalid
 
     def _without_silent(self, hosts: list[str], registry: dict[str, str]) -> list[str]:
         """Forget the hosts silent for HOST_TTL (unless they registered again meanwhile)."""
