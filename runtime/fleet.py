@@ -23,12 +23,13 @@ import redis
 
 from runtime import schema, status
 from runtime.config import BACKOFF_CAP_SECONDS, RuntimeConfig
+from runtime.fleetcommit import CommitRound
 from runtime.fleetlease import Assignment, HostLeases
 from runtime.fleetmetrics import FleetMetrics
 from runtime.fleetpool import HostInvoker, Pool
 from runtime.invoke import EnvLost
 from runtime.keytypes import KeyTypeError, is_wrongtype
-from runtime.lease import RENEWALS_PER_LEASE
+from runtime.lease import RENEWALS_PER_LEASE, LeaseLost
 from runtime.loop import Runtime
 from runtime.observe import Health, Metrics
 from runtime.reader import entry_sample
@@ -74,6 +75,7 @@ class Fleet:
         self.keeper = AssignmentKeeper(self)
         self.hosts: dict[str, Host] = {}
         self.by_stream: dict[str, Host] = {}
+        self.rounds = CommitRound(client)
         self.blocked: dict[str, float] = {}  # host -> monotonic time to look at its stream's type again
         self.problem = ""  # what the fleet as a whole cannot do (shown by /readyz and logged once)
         self._blocking = redis.Redis(connection_pool=client.connection_pool, single_connection_client=True)
@@ -135,18 +137,28 @@ class Fleet:
     # --- one round ------------------------------------------------------------------------------
 
     def _step(self) -> None:
+        self._follow(self.keeper.assignment)
+        if not self.hosts:  # no worker until there is a host: the course's setup has none
+            self.health.ready = True
+            self._idle()
+            return
         if not self._function_ready():
             return
-        self._follow(self.keeper.assignment)
         streams = {host.stream: host.runtime.read_after().entry_id for host in self._ready_hosts()}
         self.health.ready = True
         if not streams:
-            self.keeper.changed.wait(self.keeper.period)
-            self.keeper.changed.clear()
-            self.health.progress()
+            self._idle()
             return
-        for stream, entries in self._read(streams):
-            self._handle(self.by_stream[stream], [entry_sample(entry_id, fields) for entry_id, fields in entries])
+        batches = [(self.by_stream[stream], [entry_sample(entry_id, fields) for entry_id, fields in entries])
+                   for stream, entries in self._read(streams)]
+        if batches:
+            self._run_round(batches)
+        self.health.progress()
+
+    def _idle(self) -> None:
+        """Nothing to read: wait for the keeper's next assignment."""
+        self.keeper.changed.wait(self.keeper.period)
+        self.keeper.changed.clear()
         self.health.progress()
 
     def _function_ready(self) -> bool:
@@ -222,13 +234,62 @@ class Fleet:
         del self.blocked[host.name]  # look again: XREAD says whether it is still wrong
         return False
 
+    # --- one round: every host's batch sent to the worker at once, every commit in one pipeline ---
+
+    def _run_round(self, batches: list[tuple[Host, list]]) -> None:
+        """Call and commit the round's batches; a host whose context or commit failed re-reads its checkpoint."""
+        try:
+            presented = self._present(batches)
+        except EnvLost as lost:  # the worker died idle: no batch's fault; everyone restores next round
+            self._worker_lost(batches[0][0], lost)
+            return
+        generation = self.pool.generation()
+        self.rounds.open()
+        # The presented first, in the order sent; the others after them (their own message, their own replies).
+        batches = sorted(batches, key=lambda item: item[0].name not in presented)
+        try:
+            for host, batch in batches:
+                if self.pool.generation() != generation:  # a host's invocation restarted the worker
+                    host.invoker.presented = None
+                    host.runtime.invalidate()
+                    continue
+                self._handle(host, batch, presented.get(host.name))
+            failed = self.rounds.send()
+        except BaseException:
+            self.rounds.abandon()
+            for host, _ in batches:  # what was stored is unknown: re-read it
+                host.runtime.invalidate()
+            raise
+        for name, problem in failed:
+            if name in self.hosts:
+                self._commit_refused(self.hosts[name], problem)
+
+    def _present(self, batches: list[tuple[Host, list]]) -> dict[str, bool]:
+        """Send every host's batch to the worker before reading any reply; with_env of each host sent."""
+        if not self.pool.pipelined:
+            return {}
+        sent = [(host, batch, host.runtime.env_due(batch)) for host, batch in batches
+                if not host.runtime.lost]  # a sample that did not return before: the loop's own path handles it
+        if sent:
+            self.pool.present([(host.invoker, [sample.request() for sample in batch], with_env)
+                               for host, batch, with_env in sent])
+        return {host.name: with_env for host, _, with_env in sent}
+
+    def _commit_refused(self, host: Host, problem: Exception) -> None:
+        if isinstance(problem, LeaseLost):  # another replica has it now: it re-runs from the checkpoint
+            log.warning("commit_dropped host=%s reason=%s", host.name, problem)
+            host.runtime.lease.held = False
+            host.runtime.invalidate()
+        else:
+            self._host_failed(host, problem)
+
     # --- one host's batch -----------------------------------------------------------------------
 
-    def _handle(self, host: Host, batch: list) -> None:
+    def _handle(self, host: Host, batch: list, with_env: bool | None) -> None:
         """Call and commit one host's batch; whatever fails costs this host's batch, not the others'."""
         self.health.calling(True)
         try:
-            host.runtime.handle(batch)
+            host.runtime.handle(batch, with_env)
             host.last_seen_ms = batch[-1].cursor.millis
         except (redis.ConnectionError, redis.TimeoutError):
             raise
@@ -238,6 +299,9 @@ class Fleet:
             self._host_failed(host, error)
         finally:
             self.health.calling(False)
+            if host.invoker.presented is not None:  # sent but not read: its context ran what was not committed
+                host.invoker.presented = None
+                host.runtime.invalidate()
 
     def _worker_lost(self, host: Host, lost: EnvLost) -> None:
         log.warning("worker_lost host=%s error=%s; every host restores from its checkpoint", host.name, lost)
@@ -279,6 +343,7 @@ class Fleet:
         runtime = Runtime(dataclasses.replace(self.config, keys=keys), self.client, self.stop, invoker,
                           metrics=self.metrics.for_host(name))  # type: ignore[arg-type]
         runtime.lease = HostLease(keys.lease, self.leases.holder)
+        runtime.committer._script = self.rounds.script(runtime.committer._script, name)  # noqa: SLF001
         runtime.health = self.health
         log.info("host_followed host=%s output=%s", name, keys.output)
         return Host(name, runtime, invoker, keys.input_stream, self.keeper.server_ms)

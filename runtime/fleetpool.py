@@ -30,6 +30,7 @@ class HostInvoker:
         self.host = host
         self.fields = fields  # input_key, output_key of this host
         self.generation: int | None = None  # the pool's generation the context was restored into
+        self.presented: int | None = None  # the first id of a batch sent ahead, whose replies are not read yet
 
     @property
     def version(self) -> str | None:
@@ -48,6 +49,9 @@ class HostInvoker:
         return False  # the fleet refreshes the shared function once per round, not once per host
 
     def invoke_batch(self, requests: Sequence[Request], with_env: bool = True) -> Iterator[Outcome]:
+        if self.presented is not None:
+            first, self.presented = self.presented, None
+            return self.pool.receive_batch(self.host, first, requests)
         if self.stale:  # an env that is not durable was not restored: it is gone with the old worker
             self.restore(EMPTY_ENV, None)
         return self.pool.invoke_batch(self.host, requests, with_env)
@@ -89,8 +93,19 @@ class WorkerPool:
     def refresh(self) -> bool:
         return self.worker.refresh()
 
+    pipelined = True  # batches of many hosts can be sent before the first reply is read
+
     def invoke_batch(self, host: str, requests: Sequence[Request], with_env: bool) -> Iterator[Outcome]:
         return self.worker.invoke_batch(requests, with_env, context=host)
+
+    def present(self, batches: Sequence[tuple[HostInvoker, Sequence[Request], bool]]) -> None:
+        """Send these hosts' batches in one message; each host's next invoke_batch() reads its replies."""
+        firsts = self.worker.send_batches([(invoker.host, requests, with_env) for invoker, requests, with_env in batches])
+        for (invoker, _, _), first in zip(batches, firsts):
+            invoker.presented = first
+
+    def receive_batch(self, host: str, first: int, requests: Sequence[Request]) -> Iterator[Outcome]:
+        return self.worker.receive_batch(first, requests, context=host)
 
     def env_data(self, host: str) -> EnvData:
         return self.worker.context_env(host)
@@ -121,6 +136,8 @@ class InProcessPool:
     @property
     def error(self) -> str | None:
         return self.function.error
+
+    pipelined = False  # each call runs here and now
 
     def generation(self) -> int:
         return 0  # the contexts live as long as the runtime

@@ -323,13 +323,17 @@ class Runtime:
 
     # --- batches read elsewhere: the fleet reads many hosts' streams in one XREAD ----------------------
 
-    def handle(self, batch: list[Sample]) -> None:
+    def handle(self, batch: list[Sample], with_env: bool | None = None) -> None:
         """Call and commit a batch read after `read_after()`; restores from the checkpoint first if needed."""
         self.resume()
-        with_env = self._env_due(batch[-1])
+        with_env = self.env_due(batch) if with_env is None else with_env
         done = self._invoke(batch, with_env)
         if done:
             self._commit(done, with_env)
+
+    def env_due(self, batch: list[Sample]) -> bool:
+        """Whether the commit of this batch stores the env (ENV_CHECKPOINT_SECONDS)."""
+        return self._env_due(batch[-1])
 
     def resume(self) -> None:
         """Adopt the stored checkpoint unless already done since the last `invalidate()`."""

@@ -58,6 +58,9 @@ class Server:
             op, message_id = message.get("op"), message.get("id")
             if op == "batch":
                 self.run_batch(message_id, message["requests"], message.get("with_env", True), message.get("context"))
+            elif op == "batches":  # many hosts' batches in one message: the fleet's round
+                for part in message["batches"]:
+                    self.run_batch(part["id"], part["requests"], part["with_env"], part["context"])
             else:
                 self.reply({**self.answer(op, message), "id": message_id})
 

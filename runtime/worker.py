@@ -85,7 +85,27 @@ class Worker:
         """
         if not requests:
             return
-        first, last_execution = self._send_batch(requests, with_env, context), self._last_execution
+        yield from self.receive_batch(self._send_batch(requests, with_env, context), requests, context)
+
+    def send_batches(self, batches: Sequence[tuple[str, Sequence[Request], bool]]) -> list[int]:
+        """Send (context, requests, with_env) batches in one message; their first ids, for receive_batch().
+
+        One message, read whole by the worker before it replies: neither side can block the other.
+        """
+        if self._process is None or not self._alive():
+            self._restart_dead_worker()
+        parts = [{"id": self._take_ids(len(requests)), "context": context, "with_env": with_env,
+                  "requests": [_wire(request) for request in requests]} for context, requests, with_env in batches]
+        try:
+            self._send({"op": "batches", "batches": parts, "id": None})
+        except InvocationLost as lost:  # it died between the check and the send: while idle
+            self._kill()
+            raise EnvLost(lost.error) from None
+        return [part["id"] for part in parts]
+
+    def receive_batch(self, first: int, requests: Sequence[Request], context: str | None = None) -> Iterator[Outcome]:
+        """The outcomes of a batch sent as `first`, each as its reply comes, each with its own deadline."""
+        last_execution = self._last_execution
         received = 0
         try:
             for index, request in enumerate(requests):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -102,7 +103,7 @@ def fair(client: redis.Redis, hosts: list[str], replicas: int) -> bool:
 
 def start_runtime(processes: list, redis_url: str, function, log_path, **extra: str):
     log = open(log_path, "a")
-    env = runtime_env(redis_url, function, LOG_LEVEL="WARNING", **extra)
+    env = runtime_env(redis_url, function, LOG_LEVEL=os.environ.get("FLEET_TEST_LOG", "WARNING"), **extra)
     processes.append(spawn("runtime", env, stderr=log))
     return processes[-1]
 
