@@ -32,7 +32,7 @@ from runtime.keytypes import KeyTypeError, is_wrongtype
 from runtime.lease import RENEWALS_PER_LEASE, LeaseLost
 from runtime.loop import Runtime
 from runtime.observe import Health, Metrics
-from runtime.reader import entry_sample
+from runtime.reader import entry_sample, unblock
 from runtime.status import HEARTBEAT_SECONDS, State
 
 log = logging.getLogger(__name__)
@@ -122,11 +122,7 @@ class Fleet:
 
     def wake(self) -> None:
         """End a blocking read now (from another thread): new hosts, or a stop."""
-        if self._blocking_id is not None:
-            try:
-                self.client.client_unblock(self._blocking_id)
-            except redis.RedisError:
-                pass
+        unblock(self.client, self._blocking_id)
 
     def _release_all(self) -> None:
         try:

@@ -125,17 +125,18 @@ class InProcessPool:
     """HANDLER_TIMEOUT=0: the handlers run in this process, one loaded function, a context per host."""
 
     def __init__(self, invoker: InProcess) -> None:
+        self.loaded = invoker  # the function is loaded once, here; each host's invoker shares it
         self.settings = invoker.settings
         self.function = invoker.function
         self.hosts: dict[str, InProcess] = {}
 
     @property
     def version(self) -> str | None:
-        return self.function.current.version if self.function.current else None
+        return self.loaded.version
 
     @property
     def error(self) -> str | None:
-        return self.function.error
+        return self.loaded.error
 
     pipelined = False  # each call runs here and now
 

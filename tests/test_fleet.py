@@ -203,13 +203,11 @@ def test_invalid_registry_ids_are_skipped_and_counted_and_the_others_run(client,
     publish_round(client, ["good"], make_samples(1)[0])
     wait_for(lambda: client.xlen(BASE.for_host("good").output_stream), timeout=60)
     assert runtime.poll() is None
-    status, metrics = http_get(port, "/metrics")
-    assert status == 200
-    assert f"runtime_hosts_skipped_total {len(bad)}.0" in metrics
-    assert f'runtime_hosts{{state="skipped"}} {len(bad)}.0' in metrics
-    assert 'runtime_host_invocations_total{host="good"} 1.0' in metrics
-    assert "runtime_ready 1.0" in metrics
-    assert http_get(port, "/readyz")[0] == 200
+    expected = [f"runtime_hosts_skipped_total {len(bad)}.0", f'runtime_hosts{{state="skipped"}} {len(bad)}.0',
+                'runtime_host_invocations_total{host="good"} 1.0', "runtime_ready 1.0"]
+    wait_for(lambda: all(line in http_get(port, "/metrics")[1] for line in expected), timeout=30,
+             what=f"{expected} in /metrics")
+    wait_for(lambda: http_get(port, "/readyz")[0] == 200, timeout=30, what="/readyz 200")
     for name in ("state", "lease", "stream", "hosts"):  # nothing written where those ids would point
         assert not client.exists(f"out:{name}:state") and not client.exists(f"out:{name}:stream")
     assert client.type("out:state") in ("none", "string")
@@ -271,6 +269,21 @@ def test_host_series_are_capped_and_go_with_their_host():
     views[0].ready.set(0)  # a host never writes runtime_ready
     metrics.base.ready.set(1)
     assert metrics.base.ready._value.get() == 1  # noqa: SLF001
+
+
+def test_hosts_run_in_process_with_handler_timeout_zero_each_with_its_own_context(client, redis_url, processes,
+                                                                                   tmp_path):
+    hosts = host_names(4)
+    function = write_function(tmp_path, COUNTING)
+    template = make_samples(1)[0]
+    publish_round(client, hosts, template)
+    runtime = start_runtime(processes, redis_url, function, tmp_path / "runtime.log", HANDLER_TIMEOUT="0")
+    for _ in range(3):
+        publish_round(client, hosts, template)
+    wait_for(lambda: all(client.xlen(BASE.for_host(h).output_stream) == 4 for h in hosts), timeout=60)
+    assert len(psutil.Process(runtime.pid).children()) == 0  # no worker at all
+    for host in hosts:
+        assert_each_sample_handled_once_in_order(client, host)
 
 
 @pytest.fixture(autouse=True)
