@@ -21,24 +21,26 @@ from typing import Any
 
 import redis
 
-from runtime import schema, status
+from runtime import status
 from runtime.config import BACKOFF_CAP_SECONDS, RuntimeConfig
 from runtime.fleetcommit import CommitRound
+from runtime.fleetkeeper import AssignmentKeeper
 from runtime.fleetlease import Assignment, HostLeases
 from runtime.fleetmetrics import FleetMetrics
 from runtime.fleetpool import HostInvoker, Pool
 from runtime.invoke import EnvLost
 from runtime.keytypes import KeyTypeError, is_wrongtype
-from runtime.lease import RENEWALS_PER_LEASE, LeaseLost
+from runtime.lease import LeaseLost
 from runtime.loop import Runtime
 from runtime.observe import Health, Metrics
 from runtime.reader import entry_sample, unblock
-from runtime.status import HEARTBEAT_SECONDS, State
+from runtime.status import State
 
 log = logging.getLogger(__name__)
 
 FIRST_BACKOFF_SECONDS = 0.1
-BLOCKED_RECHECK_SECONDS = 10.0  # how often a host whose stream key has the wrong type is looked at again
+BLOCKED_RECHECK_SECONDS = 10.0
+ROUND_SAMPLES = 5000  # samples read in one round at most, shared among the hosts: bounds a backlog's memory  # how often a host whose stream key has the wrong type is looked at again
 
 
 @dataclasses.dataclass
@@ -186,6 +188,7 @@ class Fleet:
         """Adopt the host's checkpoint now (its status says running); False when that failed (recorded)."""
         try:
             host.runtime.resume()
+            self.health.progress()
             return True
         except (redis.ConnectionError, redis.TimeoutError):
             raise
@@ -199,8 +202,8 @@ class Fleet:
         if self._blocking_id is None:
             self._blocking_id = self._blocking.client_id()
         try:
-            return self._blocking.xread(streams, count=self.config.batch_size,
-                                        block=int(self.config.block_seconds * 1000)) or []
+            count = max(1, min(self.config.batch_size, ROUND_SAMPLES // len(streams)))
+            return self._blocking.xread(streams, count=count, block=int(self.config.block_seconds * 1000)) or []
         except redis.ResponseError as error:
             if not is_wrongtype(error):
                 raise
@@ -295,6 +298,7 @@ class Fleet:
             self._host_failed(host, error)
         finally:
             self.health.calling(False)
+            self.health.progress()  # a round of many hosts is many steps: liveness sees each
             if host.invoker.presented is not None:  # sent but not read: its context ran what was not committed
                 host.invoker.presented = None
                 host.runtime.invalidate()
@@ -377,78 +381,3 @@ class Fleet:
         if self.pool.version is None:
             return f"no function loaded ({self.pool.error or 'loading'})"
         return "starting"
-
-
-class AssignmentKeeper(threading.Thread):
-    """Reads the registry and runs the lease script 2.5 times per lease period, apart from the loop."""
-
-    def __init__(self, fleet: Fleet) -> None:
-        super().__init__(name="fleet-leases", daemon=True)
-        self.fleet = fleet
-        self.period = min(fleet.config.lease_seconds / RENEWALS_PER_LEASE, HEARTBEAT_SECONDS)
-        self.assignment = Assignment(frozenset(), (), False)
-        self.changed = threading.Event()
-        self.server_ms = 0  # the Redis server's clock at the last tick
-        self.unheld_marked: set[str] = set()  # hosts whose status says that no runtime follows them
-        self.skipped: set[str] = set()  # registry ids that are not host ids, reported once each
-
-    def run(self) -> None:
-        while not self.fleet.stop.is_set():
-            try:
-                self.tick()
-            except redis.RedisError as error:  # the loop reports the outage; a missed tick is retried
-                log.warning("leases_not_renewed error=%s", error)
-            except Exception as error:  # noqa: BLE001 - the keeper must keep going
-                log.exception("lease_tick_failed error=%r", error)
-            self.fleet.stop.wait(self.period)
-
-    def tick(self) -> None:
-        fleet = self.fleet
-        seconds, micros = fleet.client.time()
-        self.server_ms = seconds * 1000 + micros // 1000
-        registry = fleet.client.hgetall(fleet.config.keys.hosts)
-        hosts, skipped = schema.valid_host_ids(registry)
-        fleet.metrics.hosts.labels(state="skipped").set(skipped)
-        if skipped:
-            self._report_skipped(set(registry) - set(hosts))
-        hosts = self._without_silent(hosts, registry)
-        assignment = fleet.leases.assign(hosts, heartbeat=fleet.health.alive)
-        self._mark_unheld(assignment)
-        if assignment.held != self.assignment.held:
-            fleet.wake()  # the read in progress does not cover the new hosts
-        self.assignment = assignment
-        self.changed.set()
-
-    def _report_skipped(self, invalid: set[str]) -> None:
-        """Log and count each id that cannot be a host once (not UTF-8, not a node name, reserved)."""
-        for host in sorted(invalid - self.skipped):
-            try:
-                schema.validate_host_id(host)
-            except ValueError as error:
-                log.error("host_ignored host=%r error=%s", host, error)
-            self.fleet.metrics.base.hosts_skipped.inc()
-        self.skipped = invalid
-
-    def _without_silent(self, hosts: list[str], registry: dict[str, str]) -> list[str]:
-        """Forget the hosts silent for HOST_TTL (unless they registered again meanwhile)."""
-        forgotten = set()
-        for host in self.fleet.silent(self.server_ms):
-            if self.fleet.leases.forget(host, registry.get(host, "")):
-                forgotten.add(host)
-                log.warning("host_dropped host=%s: no sample for HOST_TTL=%gs; it is followed again when its "
-                            "collector publishes", host, self.fleet.config.host_ttl)
-        if forgotten:
-            self.fleet.leases.release_all(sorted(forgotten), announced=True)
-        return [host for host in hosts if host not in forgotten]
-
-    def _mark_unheld(self, assignment: Assignment) -> None:
-        """Say in each waiting host's status why nothing handles its samples (once per host)."""
-        waiting = set(assignment.unheld) if assignment.capped else set()
-        pipe = self.fleet.client.pipeline(transaction=False)
-        for host in waiting - self.unheld_marked:
-            pipe.hset(self.fleet.config.keys.for_host(host).status, mapping={
-                status.STATE: State.STALLED.value, status.PROBLEM: self.fleet.problem or (
-                    f"no runtime replica has room for this host: each follows MAX_HOSTS="
-                    f"{self.fleet.config.max_hosts}; add runtime replicas or raise MAX_HOSTS")})
-        pipe.execute()
-        self.unheld_marked = waiting
