@@ -80,7 +80,7 @@ class Fleet:
         self.rounds = CommitRound(client)
         self.blocked: dict[str, float] = {}  # host -> monotonic time to look at its stream's type again
         self.problem = ""  # what the fleet as a whole cannot do (shown by /readyz and logged once)
-        self._blocking = redis.Redis(connection_pool=client.connection_pool, single_connection_client=True)
+        self._blocking: redis.Redis | None = None  # a connection of its own for XREAD BLOCK, made at the first read
         self._blocking_id: int | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -96,7 +96,8 @@ class Fleet:
         finally:
             self.pool.close()
             self._release_all()
-            self._blocking.close()
+            if self._blocking is not None:
+                self._blocking.close()
         log.info("fleet_stopped hosts=%d", len(self.hosts))
 
     def _guarded_step(self, backoff: float) -> float:
@@ -199,6 +200,8 @@ class Fleet:
         return False
 
     def _read(self, streams: dict[str, str]) -> list[Any]:
+        if self._blocking is None:
+            self._blocking = redis.Redis(connection_pool=self.client.connection_pool, single_connection_client=True)
         if self._blocking_id is None:
             self._blocking_id = self._blocking.client_id()
         try:
