@@ -182,7 +182,10 @@ def test_hosts_cost_no_thread_process_or_connection_each(client, redis_url, proc
     hosts = host_names(80)
     publish_round(client, hosts, make_samples(1)[0])
     wait_for(lambda: all(client.xlen(BASE.for_host(h).output_stream) for h in hosts), timeout=60)
-    assert footprint(client, runtime.pid) == before
+    threads, children, connections = footprint(client, runtime.pid)
+    # A thread or a pooled connection may come and go with the work at hand, never one per host.
+    assert children == before[1] and threads <= before[0] + 2 and connections <= before[2] + 2, (before, (
+        threads, children, connections))
 
 
 def footprint(client: redis.Redis, pid: int) -> tuple[int, int, int]:
