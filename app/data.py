@@ -26,6 +26,7 @@ from app.history import HISTORY_SECONDS, StreamHistory
 from app.timeline import Window
 from runtime import schema, status
 from runtime.schema import local_naive
+from runtime import config
 from runtime.config import RedisSettings, connect
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class DashboardSettings:
         return cls(
             redis=RedisSettings.from_env(env) if configured else None,
             keys=schema.Keys(input=env.get("REDIS_INPUT_KEY") or "metrics", output=output),
-            refresh_seconds=min(max(float(env.get("DASHBOARD_REFRESH") or 2.0), 1.0), 10.0),
+            refresh_seconds=min(config._number(env, "DASHBOARD_REFRESH", 2.0, 1.0), 10.0),
         )
 
 
@@ -114,6 +115,11 @@ class Snapshot:
     outputs_from_plain_key: bool = False
     top: dict[str, Any] | None = None
     latest_raw: pd.DataFrame = field(default_factory=pd.DataFrame)  # the newest raw rows, for the KPIs
+
+    @property
+    def runtime_stale(self) -> bool:
+        """No runtime heartbeat within the status contract's staleness limit."""
+        return self.status.stale()
 
 
 def _typename(client: redis.Redis, key: str) -> str:
@@ -179,21 +185,22 @@ class MetricsStore:
         self.events: list[dict[str, Any]] = []
         self._seen: tuple[Any, Any] | None = None  # (started, function_version) of the last status
 
-    def snapshot(self, seconds: float, end: datetime | None = None) -> Snapshot:
+    def snapshot(self, seconds: float = WINDOWS["15 min"], end: datetime | None = None) -> Snapshot:
         """Top up the histories for a window ending at `end` (default: the server's now)."""
         with self.lock:
             now = server_now(self.client)
             window = Window.last(seconds, end or now)
             problems: list[str] = []
             now_ms = int(now.timestamp() * 1000)
-            need_ms = int(min(window.start.timestamp() * 1000, now_ms - seconds * 1000)) - 60_000
+            start_ms = window.start.to_pydatetime().timestamp() * 1000  # naive local, not UTC as pandas would
+            need_ms = int(min(start_ms, now_ms - seconds * 1000)) - 60_000
             source, samples, loading = self._samples(problems, seconds, need_ms, now_ms)
             snap = Snapshot(window=window, samples=window.clip(samples), outputs=pd.DataFrame(),
                             status=status.Status(), errors=_error_rows([], window), events=pd.DataFrame(),
                             problems=problems, skipped_samples=self.raw.skipped, skipped_outputs=0,
                             skip_reason=self.raw.skip_reason, future_samples=window.future(samples),
                             source=source, loading=loading)
-            snap.latest_raw = self.raw.frame.tail(2)
+            snap.latest_raw = window.clip(self.raw.frame).tail(2)  # the KPIs: never a sample from the future
             if self.raw.frame.empty:
                 snap.latest_sample = self._latest_plain_sample(problems)
             snap.top = self._top(problems)
@@ -202,7 +209,8 @@ class MetricsStore:
             snap.events = self._events(snap.status, now)
             return snap
 
-    def _samples(self, problems: list[str], seconds: float, need_ms: int, now_ms: int):
+    def _samples(self, problems: list[str], seconds: float, need_ms: int,
+                 now_ms: int) -> tuple[str, pd.DataFrame, bool]:
         tier = choose_tier(seconds)
         if tier is not None:
             history = self.tiers[tier]

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime, timezone
 
 import pandas as pd
 import streamlit as st
 
-from app import charts, export, views
+from app import charts, export, render, views
 from app.data import Snapshot
 from app.timeline import Window
 from runtime import schema, status
 
-CHART_WIDTH = 460  # px: two side by side from ~1,000 px of page, one per row below, never squeezed
+CHART_WIDTH = 440  # px: two side by side from ~1,000 px of page, one per row below, never squeezed
 
 
 def stamp(window: Window) -> str:
@@ -75,9 +76,9 @@ def cpu_panel(view: views.View, window: Window, cpu_view: str) -> None:
     cores = cpu["core"].nunique() if not cpu.empty else 0
     heatmap = cpu_view == "heatmap" or (cpu_view == "auto" and cores > 8)
     if heatmap:  # gaps show as empty cells; rules across the cells' rows would hide them
-        st.altair_chart(charts.cpu_heatmap(cpu, window, view.bucket), width="stretch")
+        render.show(st, charts.cpu_heatmap(cpu, window, view.bucket))
     else:
-        st.altair_chart(charts.annotated(charts.cpu_lines(cpu, window), view.events, window), width="stretch")
+        render.show(st, charts.annotated(charts.cpu_lines(cpu, window), view.events, window))
 
 
 def host_panels(view: views.View, window: Window) -> None:
@@ -105,9 +106,9 @@ def host_panels(view: views.View, window: Window) -> None:
 
 def _grid(builders: list[Callable[[], object]]) -> None:
     """Charts of one width that wrap: two per row on a wide page, one per row on a narrow one."""
-    row = st.container(horizontal=True, wrap=True, gap="large")
+    row = st.container(horizontal=True, wrap=True, gap="medium")
     for builder in builders:
-        row.altair_chart(builder(), width=CHART_WIDTH)
+        render.show(row, builder(), width=CHART_WIDTH)
 
 
 def extra_panels(snapshot: Snapshot, view: views.View, window: Window) -> None:
@@ -162,8 +163,7 @@ def outputs_panel(view: views.View, snapshot: Snapshot, window: Window) -> None:
         st.info("The function has stored no numeric outputs in this window yet.")
         return
     drawn = charts.line_chart(charts.tidy(view.outputs, other), window, "Function outputs", "value")
-    st.altair_chart(charts.with_errors(charts.annotated(drawn, view.events, window), snapshot.errors, window),
-                    width="stretch")
+    render.show(st, charts.with_errors(charts.annotated(drawn, view.events, window), snapshot.errors, window))
 
 
 def downloads(snapshot: Snapshot) -> None:
@@ -209,8 +209,6 @@ def _age(moment, now) -> str:
 
 
 def _health_metrics(current: status.Status) -> None:
-    from datetime import datetime, timezone
-
     now = datetime.now(timezone.utc)
     if current.stale(now):
         st.warning(f"Runtime not running or stuck: last heartbeat {_age(current.heartbeat, now)}.")

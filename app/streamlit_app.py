@@ -20,14 +20,18 @@ import streamlit as st  # noqa: E402
 
 from app import data, embedded, hosts, panels, views  # noqa: E402
 from app.stores import known_hosts, metrics_store  # noqa: E402
-from runtime.config import RedisSettings  # noqa: E402
+from runtime.config import ConfigError, RedisSettings  # noqa: E402
 
 log = logging.getLogger(__name__)
 STARTING_SECONDS = 30.0  # an embedded stack younger than this is "starting", not "not running"
 
 st.set_page_config(page_title="Host metrics", page_icon="📈", layout="wide")
 
-settings = data.DashboardSettings.from_env(os.environ)
+try:
+    settings = data.DashboardSettings.from_env(os.environ)
+except ConfigError as error:
+    st.error(f"Configuration: {error}. Fix it and restart `streamlit run app`.")
+    st.stop()
 
 
 @st.cache_resource
@@ -36,7 +40,7 @@ def ready_since(url: str) -> float:
     return time.monotonic()
 
 
-@st.fragment(run_every=1.0)
+@st.fragment(run_every=0.5)
 def wait_for_stack() -> None:
     """While the embedded stack starts, say so; rerun the page once it is ready, or show why it failed."""
     current = embedded.ensure_started()

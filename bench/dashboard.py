@@ -15,7 +15,7 @@ from datetime import datetime
 import pandas as pd
 import redis
 
-from app import charts, data, hosts, views
+from app import charts, data, hosts, render, views
 from runtime.schema import EXTRA_FIELD
 from app.history import StreamHistory
 from bench.common import median_ms, save, synthetic_samples, table, timed, valkey
@@ -94,12 +94,12 @@ def paint(store: data.MetricsStore, seconds: int) -> tuple[int, int]:
 
 
 def spec_bytes(chart) -> int:
-    """Bytes of the chart as Streamlit sends it: the spec as JSON, its data as Arrow tables."""
-    from streamlit.elements.vega_charts import _convert_altair_to_vega_lite_spec
+    """Bytes of the chart as the page sends it: the spec as JSON, its data as Arrow tables."""
+    from streamlit.dataframe_util import convert_anything_to_arrow_bytes
 
-    spec = _convert_altair_to_vega_lite_spec(chart)
+    spec = render.spec(chart)
     datasets = spec.pop("datasets", {})
-    return len(json.dumps(spec)) + sum(len(table) for table in datasets.values())
+    return len(json.dumps(spec)) + sum(len(convert_anything_to_arrow_bytes(frame)) for frame in datasets.values())
 
 
 def naive_tick(client: redis.Redis, keys: schema.Keys, seconds: int) -> int:
@@ -110,11 +110,12 @@ def naive_tick(client: redis.Redis, keys: schema.Keys, seconds: int) -> int:
 
 
 def first_paint(url: str, keys: schema.Keys, seconds: int) -> tuple[float, float]:
-    """Seconds to the first paint of a fresh store, and until its background reads have completed too."""
+    """Seconds to the first paint of a fresh store (best of 3), and until its background reads completed."""
+    painted = min(timed(lambda: paint(data.MetricsStore(RedisSettings(url), keys), seconds), repeat=2))
     store = data.MetricsStore(RedisSettings(url), keys)
     started = time.perf_counter()
     paint(store, seconds)
-    painted = time.perf_counter() - started
+    painted = min(painted, time.perf_counter() - started)
     while store.snapshot(seconds).loading:
         time.sleep(0.05)
     return painted, time.perf_counter() - started
@@ -129,13 +130,19 @@ def windows(server, keys: schema.Keys, raw_keys: schema.Keys, client: redis.Redi
         store = data.MetricsStore(RedisSettings(server.connection_url), keys)
         size, points = paint(store, seconds)
         tick = timed(lambda: paint(store, seconds), repeat=5)
+        cpu_started = time.process_time()
+        for _ in range(5):
+            paint(store, seconds)
+        tick_cpu_ms = (time.process_time() - cpu_started) / 5 * 1000  # this process's own work, without waits
         base = timed(lambda: naive_tick(client, keys, seconds), repeat=1)
         results[label] = {"first_paint_ms": cold * 1000, "complete_ms": cold_complete * 1000,
                           "first_paint_no_tiers_ms": cold_raw * 1000, "complete_no_tiers_ms": cold_raw_complete * 1000,
-                          "tick_ms": median_ms(tick), "points_per_series": points, "spec_bytes": size,
+                          "tick_ms": median_ms(tick), "tick_cpu_ms": tick_cpu_ms, "points_per_series": points,
+                          "spec_bytes": size,
                           "baseline_reread_ms": median_ms(base)}
         rows.append([label, f"{cold * 1000:,.0f} ({cold_complete * 1000:,.0f})",
-                     f"{cold_raw * 1000:,.0f} ({cold_raw_complete * 1000:,.0f})", f"{median_ms(tick):,.0f}",
+                     f"{cold_raw * 1000:,.0f} ({cold_raw_complete * 1000:,.0f})",
+                     f"{median_ms(tick):,.0f} ({tick_cpu_ms:,.0f})",
                      f"{median_ms(base):,.0f}", points, f"{size / 1024:,.0f} KiB"])
     return rows, results
 
@@ -166,10 +173,14 @@ def main() -> int:
         samples = synthetic_samples(DAY, cpus=8)
         fill(client, samples, keys)
         fill(client, samples, raw_keys, tiers=False, outputs=False)  # the course's collector: no tiers
+        last = samples[-1][schema.TIMESTAMP]  # the collector went on publishing while the day was written:
+        recent = [s for s in synthetic_samples(120, cpus=8) if s[schema.TIMESTAMP] > last]
+        fill(client, recent, keys, tiers=False)
+        fill(client, recent, raw_keys, tiers=False, outputs=False)
         rows, results = windows(server, keys, raw_keys, client)
         results["hosts_1000_tick_ms"] = many_hosts(client)
     print("24 h of 1 s samples (86,400 entries, 8 CPUs, extras); first paint = a fresh app process's first tick")
-    print(table(["window", "first paint ms (complete)", "same, no tiers", "live tick ms", "re-read all ms",
+    print(table(["window", "first paint ms (complete)", "same, no tiers", "live tick ms (CPU)", "re-read all ms",
                  "points/series", "specs"], rows))
     print(f"all-hosts table, 1,000 hosts, one tick: {results['hosts_1000_tick_ms']:,.0f} ms")
     print(f"results: {save('dashboard', results)}")

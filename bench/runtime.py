@@ -70,7 +70,7 @@ def watch(port: int, key: str, stream: bool, stop, ready, results) -> None:
             now = time.time()
             for entry_id, fields in reply[0][1] if reply else ():
                 cursor = entry_id
-                record(json.loads(fields[schema.OUTPUT_FIELD])["ts"], now)
+                record(fields[schema.TIMESTAMP], now)  # the timestamp of the sample it came from
     else:
         last = client.get(key)
         ready.set()
@@ -181,9 +181,13 @@ def throughput() -> dict:
                 path = Path(tmp, "trivial.py")
                 path.write_text(source)
             samples = [schema.encode_sample(s) for s in synthetic_samples(count, cpus=cpus)]
+            runs: dict[str, list[dict]] = {isolation: [] for isolation, _ in ISOLATIONS}
+            for _ in range(ROUNDS):  # interleaved, so a busy spell on the machine hits both modes alike
+                for isolation, timeout in ISOLATIONS:
+                    runs[isolation].append(burst_run(client, server.connection_url, path, samples, timeout))
             rates = {}
-            for isolation, timeout in ISOLATIONS:
-                result = burst_run(client, server.connection_url, path, samples, timeout)
+            for isolation, _ in ISOLATIONS:
+                result = best_of(runs[isolation])
                 rates[isolation] = result["per_second"]
                 results[f"{label} / {isolation}"] = result
                 rows.append([label, isolation, f"{count:,}", f"{result['per_second']:,.0f}",
@@ -192,13 +196,22 @@ def throughput() -> dict:
             ratio = rates[ISOLATIONS[0][0]] / rates[ISOLATIONS[1][0]]
             results[f"{label} / worker vs in-process"] = {"ratio": ratio}
             rows.append([label, "worker / in-process", "", f"{ratio:.0%}", "", "", "", ""])
-    print("Throughput: a burst handled as fast as it goes (baseline: 1 invocation per INTERVAL=5 s = 0.2/s)")
+    print(f"Throughput: a burst handled as fast as it goes, best of {ROUNDS} per mode "
+          "(baseline: 1 invocation per INTERVAL=5 s = 0.2/s)")
     print(table(["handler", "isolation", "burst", "invocations/s", "vs baseline", "missed", "duplicates",
                  "in order"], rows))
     return results
 
 
 ISOLATIONS = (("worker (HANDLER_TIMEOUT=30)", "30"), ("in-process (HANDLER_TIMEOUT=0)", "0"))
+ROUNDS = 3  # the best of three bursts per mode: on a shared machine one burst can draw a busy moment
+
+
+def best_of(runs: list[dict]) -> dict:
+    """The fastest of the runs; misses, duplicates and order over all of them."""
+    best = max(runs, key=lambda r: r["per_second"])
+    return {**best, "rates": [r["per_second"] for r in runs], "missed": sum(r["missed"] for r in runs),
+            "duplicates": sum(r["duplicates"] for r in runs), "in_order": all(r["in_order"] for r in runs)}
 
 
 def burst_run(client: redis.Redis, url: str, path: Path, samples: list[str], timeout: str) -> dict:

@@ -8,17 +8,23 @@ output stream is trimmed by age on the server's own clock (`TIME`), never the ru
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import redis
 
-from runtime import schema
+from runtime import schema, status
 from runtime.checkpoint import ENV_SEPARATOR, Checkpoint, MemoryCheckpoints
 from runtime.config import ERRORS_KEPT
 from runtime.keytypes import KeyTypeError
+from runtime.cursor import StreamCursor
+from runtime.invoke import Outcome
 from runtime.lease import LeaseLost
+from runtime.reader import Sample
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +111,51 @@ class Committer:
 
 def _pairs(mapping: Mapping[str, object]) -> Sequence[str]:
     return [str(part) for item in mapping.items() for part in item]
+
+
+Done = list[tuple[Sample, Outcome]]  # a batch's samples and what each came to
+
+
+def effects_of(done: Done, status_fields: dict[str, str]) -> Effects:
+    """What a batch's commit writes besides the checkpoint: outputs, error records, status and counters."""
+    effects = Effects(status=status_fields)
+    for sample, outcome in done:
+        if outcome.output is not None:
+            effects.latest_output = outcome.output
+            effects.outputs.append({schema.SAMPLE_ID_FIELD: sample.cursor.entry_id or "",
+                                    schema.TIMESTAMP: outcome.timestamp or "", schema.OUTPUT_FIELD: outcome.output})
+        if outcome.error is not None:
+            effects.errors.append(outcome.error)
+            name = status.ERRORS_PREFIX + outcome.error["fault"]
+            effects.counters[name] = effects.counters.get(name, 0) + 1
+    if effects.errors:
+        effects.status[status.LAST_ERROR] = json.dumps(effects.errors[-1])
+    effects.counters.update({status.INVOCATIONS: len(done), status.ERRORS: len(effects.errors)})
+    return effects
+
+
+def last_execution(done: Done, previous: datetime | None) -> datetime | None:
+    for _, outcome in reversed(done):
+        if outcome.last_execution:
+            return datetime.fromisoformat(outcome.last_execution)
+    return previous
+
+
+def lag_seconds(item: tuple[Sample, Outcome]) -> float | None:
+    """Sample time to output stored, as instants: a zoned timestamp, else the stream id (server clock)."""
+    sample, outcome = item
+    try:
+        moment = datetime.fromisoformat(outcome.timestamp) if outcome.timestamp else None
+    except ValueError:
+        moment = None
+    if (moment is None or moment.tzinfo is None) and isinstance(sample.cursor, StreamCursor):
+        return time.time() - sample.cursor.millis / 1000
+    return status.seconds_since(moment.astimezone(timezone.utc) if moment else None)
+
+
+def oldest_lag(done: Done) -> float | None:
+    """The lag of the batch's oldest sample: what the status and the metric report."""
+    return max((lag for lag in map(lag_seconds, done) if lag is not None), default=None)
 
 
 class MemoryCommitter:

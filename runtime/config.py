@@ -231,7 +231,15 @@ class RuntimeConfig:
             env_checkpoint_seconds=_number(env, "ENV_CHECKPOINT_SECONDS", DEFAULT_ENV_CHECKPOINT_SECONDS, 0, 3600),
             max_hosts=int(_number(env, "MAX_HOSTS", DEFAULT_MAX_HOSTS, 1, 100_000)),
             host_ttl=_number(env, "HOST_TTL", DEFAULT_HOST_TTL, 10),
-        )
+        ).checked()
+
+    def checked(self) -> RuntimeConfig:
+        """Refuse settings that together break a promise; each alone was already checked."""
+        if self.env_checkpoint_seconds * 2 > self.retention_seconds:
+            raise ConfigError(f"ENV_CHECKPOINT_SECONDS={self.env_checkpoint_seconds:g} must be at most half of "
+                              f"RETENTION_SECONDS={self.retention_seconds:g}: after a restart the samples since "
+                              "the stored env run again from the stream, so the stream must still hold them")
+        return self
 
 
 def _requirements_file(env: Mapping[str, str]) -> Path | None:

@@ -77,6 +77,10 @@ class Outcome:
         return cls(**{**data, "env": EnvData(**env) if env is not None else None})
 
 
+# An outcome's fields in the order a worker's reply lists them (the env follows, on a batch's last).
+OUTCOME_FIELDS = ("timestamp", "output", "error", "duration", "last_execution")
+
+
 class Invoker(Protocol):
     """Where the handler runs: in this process (InProcess) or in a worker process (worker.Worker)."""
 

@@ -13,18 +13,16 @@ sample; any other failure of a step is logged, counted and shown in the status, 
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from datetime import datetime, timezone
 from typing import Any
 
 import redis
 
-from runtime import schema, status
+from runtime import status
 from runtime.checkpoint import Checkpoint, CheckpointStore, MemoryCheckpoints
-from runtime.commit import Committer, Effects, MemoryCommitter
+from runtime.commit import Committer, Done, Effects, MemoryCommitter, effects_of, last_execution, oldest_lag
 from runtime.config import BACKOFF_CAP_SECONDS, RuntimeConfig
 from runtime.cursor import StreamCursor
 from runtime.faults import Fault, record
@@ -41,7 +39,6 @@ from runtime.worker import Worker
 log = logging.getLogger(__name__)
 
 FIRST_BACKOFF_SECONDS = 0.1
-Done = list[tuple[Sample, Outcome]]
 
 
 class Runtime:
@@ -128,6 +125,7 @@ class Runtime:
         return min(backoff * 2, BACKOFF_CAP_SECONDS)
 
     def _step(self) -> None:
+        self.reader.mark_start()  # samples published from now on are ours, however long the worker takes to start
         if not self._active():
             return
         if not self._function_ready():
@@ -161,8 +159,8 @@ class Runtime:
         return False
 
     def _heartbeat(self) -> tuple[str, dict[str, str]] | None:
-        """What the lease keeper writes with each renewal: the status, while the loop makes progress."""
-        return (self.config.keys.status, self.status.current()) if self.health.alive else None
+        """What the lease keeper writes with each renewal: the heartbeat, while the loop makes progress."""
+        return (self.config.keys.status, self.status.heartbeat()) if self.health.alive else None
 
     def _wake_on_stop(self) -> None:
         self.stop.wait()
@@ -191,16 +189,10 @@ class Runtime:
 
     def _check_gap(self) -> None:
         """Say so when Redis trimmed samples this runtime had not read: they cannot be run any more."""
-        cursor = self.committed.cursor
-        if not isinstance(cursor, StreamCursor) or not self.client.exists(self.config.keys.input_stream):
-            return
-        oldest = self.client.xrange(self.config.keys.input_stream, count=1)
-        if oldest and StreamCursor.of(oldest[0][0]).order() > cursor.order():
+        gap = self.reader.trimmed_after(self.committed.cursor)
+        if gap:
             self.metrics.gaps.inc()
-            log.error("samples_skipped after=%s before=%s: the stream was trimmed past the checkpoint while the "
-                      "runtime was away; raise RETENTION_SECONDS or keep the runtime running", cursor.text(),
-                      oldest[0][0])
-            self.status.write({status.LAST_GAP: f"after {cursor.text()}, before {oldest[0][0]}"})
+            self.status.write({status.LAST_GAP: gap})
 
     def _function_ready(self) -> bool:
         """Load or reload the function; while none has ever loaded, wait and report why."""
@@ -211,6 +203,8 @@ class Runtime:
             error = record(Fault.FUNCTION_LOAD, self.invoker.error, None, None)
             log.error("error fault=%s message=%s", error["fault"], error["message"])
             self.metrics.errors.labels(fault=error["fault"]).inc()
+            if self.invoker.version is None:  # the state first: readers see it with the error
+                self.status.set(State.FUNCTION_ERROR)
             self.status.store_error(error)
         self._reported_load_error = self.invoker.error
         if self.invoker.version is None:
@@ -258,15 +252,18 @@ class Runtime:
         self.lost[sample.cursor] = error
         log.warning("invocation_lost sample=%s fault=%s error=%s; re-reading from cursor=%s", sample.cursor.text(),
                     error["fault"], error["message"], self.committed.cursor and self.committed.cursor.text())
-        rewind(self.invoker, self.committed, self.client, self.config.keys)
+        self._restored = False  # the next step restarts the worker, then rewinds it to the checkpoint
 
     # --- commit ---------------------------------------------------------------------------------
 
     def _commit(self, done: Done, with_env: bool) -> None:
         """Store the batch's outputs, errors, checkpoint and status in one script: all or nothing."""
         checkpoint = self._checkpoint_after(done, with_env)
-        lag = max((lag for lag in map(_lag_seconds, done) if lag is not None), default=None)
-        effects = self._effects(done, checkpoint, lag)
+        lag = oldest_lag(done)
+        last_sample, last = done[-1]
+        effects = effects_of(done, self.status.of_commit(last_sample.cursor.entry_id, last.timestamp, last.duration,
+                                                         checkpoint.last_execution, checkpoint.env_error, lag,
+                                                         self.invoker.version))
         try:
             self.committer.commit(self.lease.holder, checkpoint, effects, with_env)
         except LeaseLost as lost:  # a standby took over while we worked: it re-runs from the checkpoint
@@ -281,13 +278,12 @@ class Runtime:
 
     def _checkpoint_after(self, done: Done, with_env: bool) -> Checkpoint:
         """The checkpoint of a batch: with the env after it, or keeping the stored env (and where it was taken)."""
-        cursor, last_execution = done[-1][0].cursor, _last_execution(done, self.committed.last_execution)
+        cursor, executed = done[-1][0].cursor, last_execution(done, self.committed.last_execution)
         if not with_env:
             stored = self.committed
-            return Checkpoint(cursor, stored.env_text, last_execution, stored.env_cursor or stored.cursor,
-                              stored.env_error)
+            return Checkpoint(cursor, stored.env_text, executed, stored.env_cursor or stored.cursor, stored.env_error)
         env = done[-1][1].env or self.invoker.env_data()
-        return Checkpoint(cursor, env.text, last_execution, env_error=env.error)
+        return Checkpoint(cursor, env.text, executed, env_error=env.error)
 
     def _account(self, done: Done, effects: Effects, lag: float | None) -> None:
         """Metrics and log lines of a committed batch."""
@@ -300,26 +296,6 @@ class Runtime:
                         error["message"])
         log.info("committed samples=%d cursor=%s errors=%d lag_s=%s", len(done), done[-1][0].cursor.text(),
                  len(effects.errors), "?" if lag is None else f"{lag:.3f}")
-
-    def _effects(self, done: Done, checkpoint: Checkpoint, lag: float | None) -> Effects:
-        effects = Effects()
-        for sample, outcome in done:
-            if outcome.output is not None:
-                effects.latest_output = outcome.output
-                effects.outputs.append({schema.SAMPLE_ID_FIELD: sample.cursor.entry_id or "",
-                                        schema.TIMESTAMP: outcome.timestamp or "", schema.OUTPUT_FIELD: outcome.output})
-            if outcome.error is not None:
-                effects.errors.append(outcome.error)
-                name = status.ERRORS_PREFIX + outcome.error["fault"]
-                effects.counters[name] = effects.counters.get(name, 0) + 1
-        last_sample, last = done[-1]
-        effects.status = self.status.of_commit(last_sample.cursor.entry_id, last.timestamp, last.duration,
-                                               checkpoint.last_execution, checkpoint.env_error, lag,
-                                               self.invoker.version)
-        if effects.errors:
-            effects.status[status.LAST_ERROR] = json.dumps(effects.errors[-1])
-        effects.counters.update({status.INVOCATIONS: len(done), status.ERRORS: len(effects.errors)})
-        return effects
 
     # --- batches read elsewhere: the fleet reads many hosts' streams in one XREAD ----------------------
 
@@ -376,22 +352,3 @@ def make_invoker(config: RuntimeConfig, extra_paths: list[str] | None = None) ->
     if config.handler_memory_mb:
         log.warning("HANDLER_MEMORY_MB needs the worker process: it is ignored with HANDLER_TIMEOUT=0")
     return InProcess(settings)
-
-
-def _last_execution(done: Done, previous: datetime | None) -> datetime | None:
-    for _, outcome in reversed(done):
-        if outcome.last_execution:
-            return datetime.fromisoformat(outcome.last_execution)
-    return previous
-
-
-def _lag_seconds(item: tuple[Sample, Outcome]) -> float | None:
-    """Sample time to output stored, as instants: a zoned timestamp, else the stream id (server clock)."""
-    sample, outcome = item
-    try:
-        moment = datetime.fromisoformat(outcome.timestamp) if outcome.timestamp else None
-    except ValueError:
-        moment = None
-    if (moment is None or moment.tzinfo is None) and isinstance(sample.cursor, StreamCursor):
-        return time.time() - sample.cursor.millis / 1000
-    return status.seconds_since(moment.astimezone(timezone.utc) if moment else None)

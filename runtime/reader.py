@@ -49,11 +49,15 @@ class Reader:
         self._blocking_id: int | None = None
         self._next_poll = 0.0
 
+    def mark_start(self) -> None:
+        """Note when this runtime started, on the server's clock (stream ids come from it), once."""
+        if self.started_ms is None:
+            seconds, micros = self.client.time()
+            self.started_ms = seconds * 1000 + micros // 1000
+
     def next_batch(self, after: Cursor | None) -> list[Sample]:
         """The samples after `after`, waiting for some a while; [] when none came."""
-        if self.started_ms is None:
-            seconds, micros = self.client.time()  # the server's clock, the one stream ids come from
-            self.started_ms = seconds * 1000 + micros // 1000
+        self.mark_start()
         if self.mode is Mode.STREAM or self._stream_exists():
             if self.mode is not Mode.STREAM:
                 log.info("mode=stream key=%s", self.keys.input_stream)
@@ -68,6 +72,17 @@ class Reader:
     def close(self) -> None:
         if self._blocking is not None:
             self._blocking.close()
+
+    def trimmed_after(self, cursor: Cursor | None) -> str | None:
+        """Which samples retention trimmed before this runtime read them (logged), None when none were."""
+        if not isinstance(cursor, StreamCursor) or not self.client.exists(self.keys.input_stream):
+            return None
+        oldest = self.client.xrange(self.keys.input_stream, count=1)
+        if not oldest or StreamCursor.of(oldest[0][0]).order() <= cursor.order():
+            return None
+        log.error("samples_skipped after=%s before=%s: the stream was trimmed past the checkpoint while the "
+                  "runtime was away; raise RETENTION_SECONDS or keep the runtime running", cursor.text(), oldest[0][0])
+        return f"after {cursor.text()}, before {oldest[0][0]}"
 
     def _stream_exists(self) -> bool:
         keytypes.check(self.client, self.keys.input_stream, "stream")

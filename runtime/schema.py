@@ -200,6 +200,25 @@ class Keys:
         """The runtime replicas sharing this output key's hosts (sorted set: replica -> lease expiry, ms)."""
         return self._derived("lease") + ":replicas"  # under the reserved `lease`: no host's key can land here
 
+    @property
+    def alerts(self) -> AlertKeys:
+        """Where the alert evaluator keeps its state, beside the input key (`alerts` is a reserved host id)."""
+        base = f"{self.input}:alerts"
+        return AlertKeys(states=f"{base}:state", transitions=f"{base}:stream", cursors=f"{base}:cursors",
+                         deliveries=f"{base}:deliveries", status=f"{base}:status", lease=f"{base}:lease")
+
+
+@dataclass(frozen=True)
+class AlertKeys:
+    """The alert evaluator's keys of one input key."""
+
+    states: str  # hash: `<rule>@<host>` -> the alert's current state (JSON)
+    transitions: str  # stream: every transition, once
+    cursors: str  # hash: host -> where the evaluator has read its streams to (JSON)
+    deliveries: str  # hash: digest of a webhook URL -> id of the last transition delivered to it
+    status: str  # hash: the evaluator's health, rules and problems, for the page
+    lease: str  # one active evaluator
+
 
 # --- timestamps ---------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 It answers the runtime over the socket FD until the socket closes: `load` (re)loads the function,
 `restore` sets the env, `env` returns it, `batch` runs samples and sends one reply per invocation as
-each finishes, tagged with the invocation's id. Every reference the protocol needs is bound before
+each finishes: `[invocation id, *OUTCOME_FIELDS, env]`, env only on a batch's last. Every reference the protocol needs is bound before
 user code loads; the handler's prints are captured per invocation; fd 1 and 2 lead nowhere, so
 nothing the handler (or a process it starts) prints reaches the runtime's log.
 """
@@ -27,7 +27,8 @@ from runtime.channel import Channel, ChannelClosed
 from runtime.config import configure_logging
 from runtime.context import Context
 from runtime.function import FunctionSource
-from runtime.invoke import OUTPUT_TAIL, FunctionSettings, Request, call, decode_env, encode_env
+from runtime.invoke import OUTCOME_FIELDS, OUTPUT_TAIL, FunctionSettings, Request, call, decode_env, encode_env
+from runtime.replies import Replies
 from runtime.sandbox import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Server:
         self.context = Context(function_getmtime="", **settings.context_fields)
         self.tail = Tail(OUTPUT_TAIL)
         self.pid = _getpid()
+        self.replies = Replies(channel)
         # Further contexts by id (the fleet's hosts), each with its own env and context fields.
         self.contexts: dict[str, tuple[Context, FunctionSettings]] = {}
 
@@ -57,20 +59,34 @@ class Server:
                 return
             op, message_id = message.get("op"), message.get("id")
             if op == "batch":
-                self.run_batch(message_id, message["requests"], message.get("with_env", True), message.get("context"))
+                self.run_batch(message_id, message["requests"], message["blobs"], message.get("with_env", True),
+                               message.get("buffered", True), message.get("context"))
             elif op == "batches":  # many hosts' batches in one message: the fleet's round
-                for part in message["batches"]:
-                    self.run_batch(part["id"], part["requests"], part["with_env"], part["context"])
+                self.run_batches(message["batches"], message["blobs"])
             else:
-                self.reply({**self.answer(op, message), "id": message_id})
+                self.only_worker_answers()
+                self.replies.send_now({**self.answer(op, message), "id": message_id})
 
-    def run_batch(self, first: int, requests: list[list[Any]], with_env: bool, context_id: str | None = None) -> None:
+    def run_batches(self, parts: list[dict[str, Any]], raws: list[bytes]) -> None:
+        start = 0
+        for part in parts:
+            count = len(part["requests"])
+            self.run_batch(part["id"], part["requests"], raws[start:start + count], part["with_env"], True,
+                           part["context"])
+            start += count
+
+    def run_batch(self, first: int, requests: list[list[Any]], raws: list[bytes], with_env: bool = True,
+                  buffered: bool = True, context_id: str | None = None) -> None:
         context, settings = self.context_of(context_id)
-        for index, (entry_id, raw, problem) in enumerate(requests):
-            outcome = call(self.function, context, settings, Request(entry_id, raw, problem), self.tail)
-            if with_env and index == len(requests) - 1:  # the env with the last reply saves the commit a round trip
-                outcome["env"] = encode_env(context.env)
-            self.reply({**outcome, "id": first + index})
+        self.replies.begin(buffered)
+        last = len(requests) - 1
+        for index, ((entry_id, problem, has_raw), raw) in enumerate(zip(requests, raws)):
+            request = Request(entry_id, raw if has_raw else None, problem)
+            outcome = call(self.function, context, settings, request, self.tail)
+            self.only_worker_answers()
+            # The env with the last reply (when asked for) saves the commit a round trip.
+            env = encode_env(context.env) if with_env and index == last else None
+            self.replies.add([first + index, *(outcome[name] for name in OUTCOME_FIELDS), env], index == last)
 
     def context_of(self, context_id: str | None,
                    fields: dict[str, Any] | None = None) -> tuple[Context, FunctionSettings]:
@@ -83,7 +99,10 @@ class Server:
         return self.contexts[context_id]
 
     def answer(self, op: str, message: dict[str, Any]) -> dict[str, Any]:
-        context = self.context_of(message.get("context"), message.get("fields"))[0] if op != "drop" else None
+        if op == "drop":  # a host the runtime no longer follows: its env goes with it
+            self.contexts.pop(message.get("context"), None)
+            return {}
+        context = self.context_of(message.get("context"), message.get("fields"))[0]
         if op == "load":
             self.function.refresh(retry=True)
             current = self.function.current
@@ -96,17 +115,10 @@ class Server:
             last = message["last_execution"]
             context.last_execution = datetime.fromisoformat(last) if last else None
             return {}
-        if op == "drop":  # a host the runtime no longer follows: its env goes with it
-            self.contexts.pop(message.get("context"), None)
-            return {}
         return {"unknown": op}
 
-    def reply(self, message: dict[str, Any]) -> None:
-        if _getpid() != self.pid:  # a copy the handler forked: only the worker itself answers
-            _exit(0)
-        try:
-            self.channel.send(message)
-        except ChannelClosed:  # the runtime is gone
+    def only_worker_answers(self) -> None:
+        if _getpid() != self.pid:  # a copy the handler forked: it leaves before touching the replies' lock
             _exit(0)
 
 

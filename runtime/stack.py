@@ -40,6 +40,7 @@ PR_SET_PDEATHSIG = 1
 LOCK_FILE = "stack.lock"
 INFO_FILE = "stack.json"
 LOG_DIR = "logs"
+ALERTS_FILE_NAME = "alerts.yaml"  # the alert rules, looked for beside the function
 ATTACH_WAIT_SECONDS = 30.0  # how long a second start waits for the owner to publish where Valkey listens
 
 
@@ -169,7 +170,7 @@ class LocalStack:
         self.server.start()
         (self.root / INFO_FILE).write_text(json.dumps({"url": self.url, "pid": os.getpid()}))
         log.info("valkey_started url=%s data=%s logs=%s", self.url, data_dir, self.log_dir)
-        for role, module in (("collector", "runtime.collector"), ("runtime", "runtime")):
+        for role, module in (("collector", "runtime.collector"), ("runtime", "runtime"), ("alerts", "runtime.alerts")):
             self.children[role] = _spawn([sys.executable, "-m", module], self._child_env(),
                                          self.log_dir / f"{role}.log")
         return self
@@ -188,6 +189,9 @@ class LocalStack:
         env = {**os.environ, "REDIS_URL": self.url, "REDIS_INPUT_KEY": "metrics",
                "REDIS_OUTPUT_KEY": self.settings.output_key, "INTERVAL": f"{self.settings.interval:g}",
                "FUNCTION_PATH": str(self.settings.function_path.resolve()), "HTTP_PORT": "off",
+               # The alert rules beside the function, as the function is beside the page.
+               "ALERTS_FILE": os.environ.get("ALERTS_FILE") or str(self.settings.function_path.resolve().parent
+                                                                   / ALERTS_FILE_NAME),
                **self.settings.extra_env}
         for var in ("REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD", "REDIS_TLS_CA"):
             env.pop(var, None)
@@ -288,6 +292,10 @@ def main() -> int:
         stack = LocalStack(settings).start()
     except StackUnavailable as error:
         print(f"stack: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # DATA_DIR not writable, a file where a directory should be, disk full
+        print(f"stack: cannot use DATA_DIR={settings.data_dir} ({error}); set DATA_DIR to a writable directory",
+              file=sys.stderr)
         return 2
     try:
         if stack.attached:

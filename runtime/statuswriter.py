@@ -47,6 +47,11 @@ class StatusWriter:
         if changed:
             self.write({})
 
+    def heartbeat(self) -> dict[str, str]:
+        """The heartbeat alone: the loop writes state, mode and problem itself when they change, so a
+        heartbeat from the lease keeper's thread can never put back a state that just changed."""
+        return {status.HEARTBEAT: status.now_text()}
+
     def write(self, fields: dict[str, str]) -> None:
         try:
             self.client.hset(self.keys.status, mapping={**self.current(), **fields})
@@ -93,6 +98,11 @@ class NullStatus(StatusWriter):
 
     def __init__(self) -> None:
         super().__init__(None, schema.Keys())  # type: ignore[arg-type]
+
+    def heartbeat(self) -> dict[str, str]:
+        """The heartbeat alone: the loop writes state, mode and problem itself when they change, so a
+        heartbeat from the lease keeper's thread can never put back a state that just changed."""
+        return {status.HEARTBEAT: status.now_text()}
 
     def write(self, fields: dict[str, str]) -> None:
         pass

@@ -26,7 +26,8 @@ from typing import Any
 from runtime.channel import Channel, ChannelClosed, ChannelTimeout
 from runtime.faults import Fault, record
 from runtime.function import Retry, source_identity
-from runtime.invoke import EMPTY_ENV, EnvLost, EnvData, FunctionSettings, InvocationLost, Outcome, Request
+from runtime.invoke import EMPTY_ENV, OUTCOME_FIELDS, EnvData, EnvLost, FunctionSettings, InvocationLost, Outcome
+from runtime.invoke import Request
 from runtime.sandbox import child_environment, kill_group, wait_for_exit
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class Worker:
         self._env_data: str | None = EMPTY_ENV  # the env a new worker starts from (None: not durable, empty)
         self._last_execution: datetime | None = None
         self._retry = Retry()
+        self._unbuffered_next = False
 
     # --- the Invoker interface -------------------------------------------------------------------
 
@@ -95,9 +97,11 @@ class Worker:
         if self._process is None or not self._alive():
             self._restart_dead_worker()
         parts = [{"id": self._take_ids(len(requests)), "context": context, "with_env": with_env,
-                  "requests": [_wire(request) for request in requests]} for context, requests, with_env in batches]
+                  "requests": [[r.entry_id, r.problem, r.raw is not None] for r in requests]}
+                 for context, requests, with_env in batches]
+        blobs = [_raw_bytes(r.raw) for _, requests, _ in batches for r in requests]
         try:
-            self._send({"op": "batches", "batches": parts, "id": None})
+            self._send({"op": "batches", "batches": parts, "id": None}, blobs)
         except InvocationLost as lost:  # it died between the check and the send: while idle
             self._kill()
             raise EnvLost(lost.error) from None
@@ -115,12 +119,14 @@ class Worker:
                     lost.error.update(sample_id=request.entry_id or "", sample_timestamp=_timestamp_of(request.raw))
                     raise
                 received += 1
-                env = reply.pop("env", None)
-                outcome = Outcome(**reply, env=EnvData(*env) if env is not None else None)
+                env = reply[-1]
+                outcome = Outcome(*reply[1:-1], env=EnvData(*env) if env is not None else None)
                 if outcome.last_execution:
                     last_execution = datetime.fromisoformat(outcome.last_execution)
-                if outcome.env is not None and context is None:  # the batch is done: what a worker restarted while idle resumes from
+                if outcome.env is not None and context is None:  # what env_data() gives while no worker runs
                     self._env_data, self._last_execution = outcome.env.text, last_execution
+                if index == len(requests) - 1:
+                    self._unbuffered_next = False
                 yield outcome
         finally:
             if received < len(requests) and self._process is not None:
@@ -133,10 +139,11 @@ class Worker:
         if self._process is None or not self._alive():
             self._restart_dead_worker()
         first = self._take_ids(len(requests))
-        message = {"op": "batch", "requests": [_wire(request) for request in requests], "with_env": with_env,
-                   "context": context}
+        # After a timeout, one batch unbuffered: a call stuck holding the GIL cannot hide replies before it.
+        message = {"op": "batch", "id": first, "with_env": with_env, "buffered": not self._unbuffered_next,
+                   "requests": [[r.entry_id, r.problem, r.raw is not None] for r in requests], "context": context}
         try:
-            self._send({**message, "id": first})
+            self._send(message, [_raw_bytes(r.raw) for r in requests])
         except InvocationLost as lost:  # it died between the check and the send: while idle, no sample's fault
             self._kill()
             raise EnvLost(lost.error) from None
@@ -239,24 +246,25 @@ class Worker:
         self._send({**message, "id": message_id})
         return self._receive(message_id, timeout)
 
-    def _send(self, message: dict[str, Any]) -> None:
+    def _send(self, message: dict[str, Any], blobs: list[bytes] | None = None) -> None:
         try:
-            self._channel.send(message)
+            self._channel.send(message, blobs)
         except ChannelClosed:
             self._lost_worker("it closed its end before the request was sent")
 
-    def _receive(self, expected: int, timeout: float) -> dict[str, Any]:
+    def _receive(self, expected: int, timeout: float) -> Any:
         """The reply with id `expected`; older replies (an abandoned batch, a forked copy) are dropped."""
         while True:
             try:
                 reply = self._channel.receive(timeout)
             except ChannelTimeout:
                 self._kill()
+                self._unbuffered_next = True
                 raise InvocationLost(record(Fault.TIMEOUT, f"the handler ran past HANDLER_TIMEOUT={self.timeout:g}s "
                                             "and was stopped", None, None)) from None
             except ChannelClosed as closed:
                 self._lost_worker(str(closed))
-            reply_id = reply.pop("id", None) if isinstance(reply, dict) else None
+            reply_id = _reply_id(reply)
             if reply_id == expected:
                 return reply
             if not isinstance(reply_id, int) or reply_id > expected:
@@ -272,15 +280,23 @@ class Worker:
                                     f"os._exit(), a crash or running out of memory; {how}", None, None))
 
 
-def _wire(request: Request) -> list[Any]:
-    """A request as the worker receives it: text only, bytes that are not UTF-8 already refused."""
-    raw, problem = request.raw, request.problem
-    if isinstance(raw, (bytes, bytearray)):
+def _reply_id(reply: Any) -> Any:
+    """The id a reply carries: first in an invocation's list, `id` in an answer's object."""
+    if type(reply) is list and len(reply) == len(OUTCOME_FIELDS) + 2:
+        return reply[0]
+    return reply.pop("id", None) if isinstance(reply, dict) else None
+
+
+def _raw_bytes(raw: str | bytes | bytearray | None) -> bytes:
+    """A sample's JSON text as the bytes the worker decodes (bytes as they came; the worker checks UTF-8)."""
+    if raw is None:
+        return b""
+    if isinstance(raw, str):
         try:
-            raw = bytes(raw).decode("utf-8")
-        except UnicodeDecodeError as error:
-            raw, problem = None, f"payload is not UTF-8 text ({error})"
-    return [request.entry_id, raw, problem]
+            return raw.encode("utf-8", "surrogateescape")  # bytes read leniently go back to what they were
+        except UnicodeEncodeError:
+            return raw.encode("utf-8", "surrogatepass")  # not UTF-8: the worker says so
+    return bytes(raw)
 
 
 def _timestamp_of(raw: str | bytes | None) -> str:

@@ -173,8 +173,13 @@ def standin_rootfs() -> Path:
     STANDIN_CACHE.mkdir(parents=True, exist_ok=True)
     rootfs = STANDIN_CACHE / f"rootfs-{codename}.partial"
     shutil.rmtree(rootfs, ignore_errors=True)
-    subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(STANDIN_PACKAGES)}", codename,
-                    str(rootfs), apt_mirror(codename)], check=True, capture_output=True, timeout=600)
+    log_path = STANDIN_CACHE / "debootstrap.log"
+    with open(log_path, "w") as log_file:
+        result = subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(STANDIN_PACKAGES)}",
+                                 codename, str(rootfs), apt_mirror(codename)], stdout=log_file, stderr=log_file,
+                                timeout=600)
+    if result.returncode != 0:
+        raise AssertionError(f"debootstrap of {codename} failed (exit {result.returncode}); see {log_path}")
     prepare_rootfs(rootfs)
     partial = tarball.with_suffix(".partial")
     subprocess.run(["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(partial), "."], check=True, timeout=300)

@@ -6,6 +6,7 @@ import signal
 import urllib.request
 
 import pytest
+import redis
 
 from runtime.alerts.evaluate import AlertState, step
 from runtime.alerts.rules import load_rules
@@ -92,6 +93,7 @@ rules:
   - {name: mem, value: virtual_memory-percent, op: ">", threshold: 50}
   - {name: typo, value: virtual_memory-percnt, op: ">", threshold: 50}
   - {name: broken, value: n_pids, op: "more than", threshold: 50}
+  - {name: elsewhere, value: virtual_memory-percent, op: ">", threshold: 50, hosts: "web-*"}
 """)
     add_sample(client, 1, **{"virtual_memory-percent": 70})
     with running_evaluator(alerts_env(redis_url, rules)):
@@ -103,6 +105,7 @@ rules:
     assert messages["broken"].startswith("'op' must be one of")
     assert "'virtual_memory-percnt' has not appeared in the samples" in messages["typo"]
     assert "names there like it: virtual_memory-percent" in messages["typo"]
+    assert messages["elsewhere"] == "no host matches 'hosts: web-*' (followed: local)"
 
 
 def test_a_broken_file_keeps_the_rules_loaded_before(client, redis_url, tmp_path):
@@ -311,3 +314,23 @@ def test_a_key_of_the_wrong_type_stores_nothing_until_it_is_fixed(client, redis_
         wait_for(lambda: cursor_of(client).get("input") == "1000-0", what="the sample evaluated")
         wait_for(lambda: status_of(client).get("problem") == "", what="the problem cleared")
     assert transitions(client) == [("mem", "", "firing", 1000)]
+
+
+def test_a_redis_restart_is_waited_out_and_no_transition_is_lost_or_repeated(own_valkey, tmp_path):
+    server = own_valkey()
+    client = redis.Redis(port=server.port, decode_responses=True)
+    rules = write_rules(tmp_path, MEMORY_RULES.replace("for: 10s", "for: 0s"))
+    env = alerts_env(f"redis://127.0.0.1:{server.port}", rules)
+    with running_evaluator(env) as evaluator:
+        add_sample(client, 1, **{"virtual_memory-percent": 70})
+        wait_for(lambda: len(transitions(client)) == 1, what="firing")
+        server.stop()
+        wait_for(lambda: not evaluator.health.ready, what="the outage noticed")
+        assert evaluator.health.alive
+        server = own_valkey()
+        client = redis.Redis(port=server.port, decode_responses=True)
+        add_sample(client, 2, **{"virtual_memory-percent": 10})
+        add_sample(client, 3, **{"virtual_memory-percent": 90})
+        wait_for(lambda: cursor_of(client).get("input") == "3000-0", timeout=60, what="evaluating again")
+    assert transitions(client) == [("mem", "", "firing", 1000), ("mem", "", "resolved", 2000),
+                                   ("mem", "", "firing", 3000)]

@@ -7,6 +7,7 @@ import pandas as pd
 
 from app import alerts_view
 from app.charts import line_chart, tidy
+from app.timeline import Window
 from runtime import schema
 from tests.alerts_support import KEYS, add_sample, alerts_env, running_evaluator, transitions, write_rules
 from tests.conftest import wait_for
@@ -45,6 +46,10 @@ def test_states_transitions_periods_and_thresholds_from_a_real_evaluator(client,
     assert memory["rule"].tolist() == ["mem"] and memory["threshold"].tolist() == [50.0]
     assert alerts_view.host_alerts(states).to_dict("records") == [{"host": "local", "firing": "mem",
                                                                    "pending": "pids"}]
+    snapshot = alerts_view.read_alerts(client, schema.Keys(), now=datetime.fromtimestamp(10))
+    assert snapshot.states.equals(states) and snapshot.periods.equals(periods) and len(snapshot.recent) == 4
+    assert snapshot.by_host["firing"].tolist() == ["mem"] and snapshot.thresholds["rule"].tolist() == [
+        "mem", "pids", "typo"]
 
 
 def test_layers_draw_on_a_time_chart_and_keep_the_same_spec():
@@ -54,7 +59,8 @@ def test_layers_draw_on_a_time_chart_and_keep_the_same_spec():
                                 "threshold": 50.0, "severity": "critical", "hosts": []}])
     periods = pd.DataFrame([{"rule": "mem", "host": "local", "severity": "critical",
                              "start": datetime(2026, 1, 1, 12, 1), "end": datetime(2026, 1, 1, 12, 2)}])
-    base = line_chart(tidy(samples, {schema.MEMORY_PERCENT: "memory %"}), "Memory", "%")
+    window = Window.last(180, datetime(2026, 1, 1, 12, 2))
+    base = line_chart(tidy(samples, {schema.MEMORY_PERCENT: "memory %"}), window, "Memory", "%")
     chart = alt.layer(alerts_view.firing_layer(periods), base, alerts_view.threshold_layer(thresholds))
     spec = chart.to_dict()
     marks = [layer["mark"]["type"] for layer in spec["layer"]]

@@ -327,3 +327,33 @@ def test_an_absolute_range_can_be_picked(client, redis_url, page):
     assert not at.exception and not at.error
     assert "⏸ Paused:" in captions(at)
     assert len(charts_of(at)) >= 8
+
+
+def test_the_all_hosts_table_is_sorted_and_paged(client, redis_url, page):
+    from runtime import schema
+
+    now = datetime.now()
+    pipe = client.pipeline()
+    for i in range(60):
+        host = f"node-{i:02d}"
+        sample = dict(recent_samples(1)[0], **{f"cpu_percent-{c}": float(i) for c in range(4)})
+        pipe.set(schema.Keys().for_host(host).input, json.dumps(sample))
+        pipe.hset("metrics:hosts", host, (now - timedelta(seconds=i)).isoformat(sep=" "))
+    pipe.execute()
+    at = page(redis_url)
+    assert not at.exception
+    (table,) = at.dataframe
+    assert list(table.value["host"])[:3] == ["node-59", "node-58", "node-57"] and len(table.value) == 25
+    at.selectbox[0].select("staleness (silent longest first)")
+    at.number_input[0].set_value(3).run()
+    (table,) = at.dataframe
+    assert len(table.value) == 10 and list(table.value["host"])[-1] == "node-00"
+    assert "All hosts (60)" in [h.value for h in at.subheader]
+
+
+def test_a_bad_refresh_setting_is_a_clear_message_not_a_traceback(redis_url, page, monkeypatch):
+    monkeypatch.setenv("DASHBOARD_REFRESH", "soon")
+    at = page(redis_url)
+    assert not at.exception
+    (error,) = at.error
+    assert "DASHBOARD_REFRESH='soon' is not a number" in error.value

@@ -103,9 +103,8 @@ def test_redis_out_of_memory_is_waited_out_with_nothing_lost(own_valkey, process
     client.config_set("maxmemory-policy", "noeviction")
     log = open(tmp_path / "runtime.log", "w")
     processes.append(spawn("runtime", runtime_env(server.connection_url, str(USERMODULE)), stderr=log))
-    time.sleep(3)
+    wait_for(lambda: "command not allowed when used memory > 'maxmemory'" in (tmp_path / "runtime.log").read_text())
     assert processes[0].poll() is None and not outputs(client, "out")
-    assert "command not allowed when used memory > 'maxmemory'" in (tmp_path / "runtime.log").read_text()
     client.config_set("maxmemory", "0")
     wait_for(lambda: len(outputs(client, "out")) == 5, timeout=30)
     assert [i for i, _ in outputs(client, "out")] == ids

@@ -59,3 +59,18 @@ def test_the_other_end_closing_is_a_closed_channel_on_receive_and_send(pair):
     with pytest.raises(ChannelClosed):
         for _ in range(100):  # the first sends may still land in the buffer
             channel.send({"x": "y" * 100_000})
+
+
+def test_raw_parts_cross_as_they_are_beside_the_json(pair):
+    channel, raw = pair
+    blobs = [b'{"timestamp": "x"}', b"", b"\x00\xff not utf-8 \x00", "é".encode() * 1000]
+    Channel(raw).send({"op": "batch", "id": 7}, blobs)
+    assert channel.receive(5) == {"op": "batch", "id": 7, "blobs": blobs}
+
+
+def test_raw_parts_that_do_not_add_up_are_an_unreadable_message(pair):
+    channel, raw = pair
+    body = b'{"blob_sizes": [5]}\x00abc'
+    raw.sendall(struct.pack("!I", len(body)) + body)
+    with pytest.raises(ChannelClosed, match="unreadable message"):
+        channel.receive(5)

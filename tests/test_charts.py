@@ -176,3 +176,21 @@ def test_the_dashboard_keeps_no_more_than_redis_retains(client, redis_url):
     new_ids = publish(client, make_samples(3, start=datetime.now() - timedelta(seconds=5)))
     client.xtrim("metrics:stream", minid=new_ids[0])
     assert len(store.snapshot(6 * 3600).samples) == 3
+
+
+def test_every_builder_validates_and_the_page_sends_the_same_spec_unvalidated():
+    from app import render
+
+    samples, outputs = frames()
+    split = pd.DataFrame({"cpu_times_percent-user": [20.0, 30.0], "cpu_times_percent-system": [5.0, 6.0]},
+                         index=samples.index[:2])
+    mounts = pd.DataFrame({"disk_usage-/-percent": [61.5]}, index=samples.index[:1])
+    built = [charts.area_chart(charts.tidy(split, {c: c[18:] for c in split}), window(), "CPU time split", "%"),
+             charts.usage_bars(charts.tidy(mounts, {"disk_usage-/-percent": "/"}), "File systems"),
+             charts.cpu_lines(charts.cpu_frame(samples, outputs), window())]
+    for chart in built:
+        validated = chart.to_dict()  # raises on a spec Vega-Lite's schema refuses
+        sent = render.spec(chart)
+        assert sent["mark"] == validated["mark"] and sent["encoding"] == validated["encoding"]
+        (frame,) = sent["datasets"].values()
+        assert isinstance(frame, pd.DataFrame) and len(frame) == len(validated["datasets"][validated["data"]["name"]])

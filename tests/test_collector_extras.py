@@ -2,6 +2,7 @@
 
 import json
 import os
+from collections import namedtuple
 import subprocess
 import sys
 import time
@@ -156,3 +157,15 @@ def test_a_key_of_the_wrong_type_is_named_and_samples_wait_until_it_is_fixed(cli
     publisher._next_attempt = 0.0  # skip the back-off wait
     assert publisher.publish(samples[1])
     assert [json.loads(f["sample"]) for _, f in client.xrange("metrics:stream")] == samples
+
+
+def test_temperatures_are_labelled_by_chip_and_sensor_and_a_nan_reading_is_left_out(monkeypatch):
+    Temp = namedtuple("shwtemp", "label current high critical")  # psutil's reading of one sensor
+    monkeypatch.setattr(psutil, "sensors_temperatures", lambda: {
+        "coretemp": [Temp("Package id 0", 51.0, 80.0, 100.0), Temp("Core 0", 49.0, 80.0, 100.0),
+                     Temp("Core 0", 48.0, 80.0, 100.0)],
+        "acpitz": [Temp("", 40.0, None, None)], "nvme": [Temp("Composite", float("nan"), None, None)]})
+    extra = extras.ExtraSampler().read()
+    temperatures = {schema.extra_device(n): v for n, v in extra.items() if n.startswith(schema.TEMPERATURE_PREFIX)}
+    assert temperatures == {"coretemp Package id 0": 51.0, "coretemp Core 0": 49.0, "coretemp Core 0 2": 48.0,
+                            "acpitz": 40.0}

@@ -20,8 +20,8 @@ import redis
 
 from runtime import schema
 from tests.conftest import FIXTURES, REPO_DIR, free_port, outputs, wait_for
-from tests.container_engine import (REDIS_IMAGE, Engine, EngineUnavailable, bridge_links, ensure_base_images,
-                                    firewall_rules, mounts_under)
+from tests.container_engine import (REDIS_IMAGE, Engine, EngineUnavailable, apt_sources, bridge_links,
+                                    ensure_base_images, firewall_rules, mounts_under)
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(480)]
 
@@ -77,8 +77,8 @@ def in_image(engine: Engine, image: str, code: str) -> str:
 def test_each_role_gets_a_lean_non_root_image(engine, images):
     for image in (RUNTIME_IMAGE, DASHBOARD_IMAGE):
         assert engine.run("image", "inspect", "-f", "{{.Config.User}}", image).stdout.strip() == "10001"
-    absent = in_image(engine, RUNTIME_IMAGE, "import importlib.util as u, runtime.loop, runtime.collector, pandas, "
-                      "numpy, pip; print(*[m for m in ('streamlit', 'altair', 'pyarrow') if u.find_spec(m) is None])")
+    absent = in_image(engine, RUNTIME_IMAGE, "import importlib.util as u, runtime.loop, runtime.collector, runtime.alerts, "
+                      "pandas, numpy, pip; print(*[m for m in ('streamlit', 'altair', 'pyarrow') if u.find_spec(m) is None])")
     assert absent.split() == ["streamlit", "altair", "pyarrow"]
     assert in_image(engine, DASHBOARD_IMAGE, "import app.data, streamlit, altair; print('ok')") == "ok"
     base = images["python:3.11-slim"]
@@ -267,3 +267,15 @@ class browser_page:
         self.browser.close()
         self.playwright.stop()
 
+
+
+def test_the_stand_ins_come_from_the_mirror_apt_uses_in_either_sources_format(tmp_path):
+    """No docker needed: the mirror is read from one-line and deb822 sources alike, disabled ones skipped."""
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list").write_text("# deb http://commented.example/debian bookworm main\n"
+                                           "deb [arch=amd64] http://classic.example/debian bookworm main\n")
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\n# a comment inside the stanza\nURIs: http://off.example/debian\nSuites: trixie\nEnabled: no\n\n"
+        "Types: deb deb-src\nURIs: http://deb822.example/debian\nSuites: trixie trixie-updates\nComponents: main\n")
+    assert list(apt_sources(tmp_path)) == [("http://classic.example/debian", ["bookworm"]),
+                                           ("http://deb822.example/debian", ["trixie", "trixie-updates"])]

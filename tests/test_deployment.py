@@ -314,9 +314,9 @@ def test_compose_services_run_as_local_processes_and_outputs_reach_the_dashboard
     store = data.MetricsStore(RedisSettings(f"redis://127.0.0.1:{valkey.port}"),
                               data.DashboardSettings.from_env({"REDIS_HOST": "127.0.0.1",
                                                                "REDIS_OUTPUT_KEY": output_key}).keys)
-    snapshot = store.snapshot()
+    snapshot = store.snapshot(15 * 60)  # the dashboard's default window
     assert len(snapshot.samples) >= 2 and "percent-network-egress" in snapshot.outputs.columns
-    assert snapshot.status["state"] == "running" and not snapshot.runtime_stale
+    assert snapshot.status.state == "running" and not snapshot.status.stale()
     wait_for(lambda: get(f"http://127.0.0.1:{ports['runtime']}/readyz") == 200, what="the runtime's healthcheck")
     wait_for(lambda: get(f"http://127.0.0.1:{ports['dashboard']}/_stcore/health") == 200, timeout=30,
              what="the dashboard's healthcheck")

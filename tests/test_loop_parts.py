@@ -61,6 +61,8 @@ def test_every_role_parses_its_settings_with_the_same_rules():
             DashboardConfig.from_env({"DASHBOARD_REFRESH": bad})
     with pytest.raises(ConfigError, match="BLOCK_SECONDS='30' must be between 0.01 and 5"):
         RuntimeConfig.from_env({"BLOCK_SECONDS": "30"})
+    with pytest.raises(ConfigError, match="ENV_CHECKPOINT_SECONDS=600 must be at most half of RETENTION_SECONDS=900"):
+        RuntimeConfig.from_env({"ENV_CHECKPOINT_SECONDS": "600", "RETENTION_SECONDS": "900"})
 
 
 def test_health_fails_when_no_step_completes_but_not_during_a_handler_call():

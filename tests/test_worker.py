@@ -28,11 +28,18 @@ def handler(input, context):
 
 
 def alive(pid: int) -> bool:
-    """Whether a process exists and is not a zombie."""
+    """Whether any thread of a process still runs (a dead leader waits as a zombie for its other threads)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
         return False
+    for task in tasks:
+        try:
+            if Path(f"/proc/{pid}/task/{task}/stat").read_text().split(") ")[1][0] not in "ZX":
+                return True
+        except (FileNotFoundError, IndexError):
+            continue
+    return False
 
 
 def counted_in_order(client, samples):
@@ -195,6 +202,15 @@ def make_worker(tmp_path, source=COUNTING, timeout=5.0):
     return worker
 
 
+def run_until_lost(worker, requests):
+    """The outcomes before the batch's InvocationLost, and its error record."""
+    done = []
+    with pytest.raises(InvocationLost) as lost:
+        for outcome in worker.invoke_batch(requests):
+            done.append(outcome)
+    return done, lost.value.error
+
+
 def test_every_request_to_a_dead_worker_raises_invocation_lost_never_oserror(tmp_path):
     worker = make_worker(tmp_path)
     raw = json.dumps(make_samples(1)[0])
@@ -251,17 +267,31 @@ def handler(input, context):
     samples = [dict(s, sleep=0.6) for s in make_samples(4)]  # 2.4 s in all, each under its own 1 s
     samples[2]["sleep"] = 100
     requests = [Request(f"1-{i}", json.dumps(s)) for i, s in enumerate(samples)]
-    done = []
     try:
-        with pytest.raises(InvocationLost) as lost:
-            for outcome in worker.invoke_batch(requests):
-                done.append(outcome)
-        assert len(done) == 2 and lost.value.error["fault"] == "timeout"
-        assert lost.value.error["sample_id"] == "1-2"
+        done, error = run_until_lost(worker, requests)
+        assert len(done) == 2 and error["fault"] == "timeout" and error["sample_id"] == "1-2"
         worker.refresh()
         assert [o.output for o in worker.invoke_batch(requests[3:])] == ['{"slept": 0.6}']
     finally:
         worker.close()
+
+
+def test_replies_buffered_behind_a_hung_call_still_reach_the_runtime_so_the_right_sample_is_blamed(tmp_path):
+    worker = make_worker(tmp_path, '''
+import time
+
+def handler(input, context):
+    if input.get("hang"):
+        time.sleep(100)
+    return {"ok": input["timestamp"]}
+''', timeout=1.0)
+    samples = make_samples(60)
+    samples[50]["hang"] = True
+    try:
+        done, error = run_until_lost(worker, [Request(f"1-{i}", json.dumps(s)) for i, s in enumerate(samples)])
+    finally:
+        worker.close()
+    assert len(done) == 50 and error["sample_id"] == "1-50"
 
 
 def test_error_records_are_capped_and_say_so(client, redis_url, tmp_path):

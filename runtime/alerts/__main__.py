@@ -8,7 +8,8 @@ import sys
 from runtime.alerts.config import AlertsConfig, safe_url
 from runtime.alerts.service import Evaluator
 from runtime.config import connect, start_role
-from runtime.observe import Probes, serve
+from runtime.__main__ import start_http
+from runtime.observe import Probes
 
 log = logging.getLogger("runtime.alerts")
 
@@ -23,11 +24,7 @@ def main() -> int:
              config.keys.input, config.keys.output, config.rules_path,
              ",".join(map(safe_url, config.webhooks)) or "-")
     evaluator = Evaluator(config, connect(config.redis, client_name="alerts"), stop)
-    if config.http_port is not None:
-        try:
-            serve(config.http_port, Probes(evaluator.health, evaluator.metrics, evaluator.describe))
-        except OSError as error:  # the evaluator's job is the alerts: go on without probes
-            log.error("http_not_started port=%d error=%s; set HTTP_PORT to a free port", config.http_port, error)
+    start_http(config, Probes(evaluator.health, evaluator.metrics, evaluator.describe))  # reads only http_port
     evaluator.run()
     return 0
 

@@ -16,23 +16,12 @@ DEFAULT_GRACE_SECONDS = 120.0  # a rule whose value has not appeared by then is 
 DEFAULT_WEBHOOK_TIMEOUT = 5.0
 
 
-@dataclass(frozen=True)
-class AlertKeys:
-    """Where the evaluator keeps its state, beside the input key (`alerts` is a reserved host suffix)."""
-
-    states: str  # hash: `<rule>@<host>` -> the alert's current state (JSON)
-    transitions: str  # stream: every transition, once
-    cursors: str  # hash: host -> where the evaluator has read its streams to (JSON)
-    deliveries: str  # hash: digest of a webhook URL -> id of the last transition delivered to it
-    status: str  # hash: the evaluator's health, rules and problems, for the page
-    lease: str  # one active evaluator
+AlertKeys = schema.AlertKeys
 
 
 def alert_keys(keys: schema.Keys) -> AlertKeys:
-    """The evaluator's keys for one input key (the lead may move these into schema.Keys)."""
-    base = f"{keys.input}:alerts"
-    return AlertKeys(states=f"{base}:state", transitions=f"{base}:stream", cursors=f"{base}:cursors",
-                     deliveries=f"{base}:deliveries", status=f"{base}:status", lease=f"{base}:lease")
+    """The evaluator's keys for one input key (named in the schema module, like every key)."""
+    return keys.alerts
 
 
 @dataclass(frozen=True)

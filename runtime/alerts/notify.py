@@ -16,7 +16,7 @@ import logging
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -44,6 +44,7 @@ class PermanentFailure(Exception):
 
 
 def rfc3339(millis: int) -> str:
+    """Server milliseconds as Alertmanager writes times (UTC, milliseconds, Z)."""
     moment = datetime.fromtimestamp(millis / 1000, timezone.utc)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -97,7 +98,7 @@ class Receiver(threading.Thread):
     """Delivers the transitions stream to one webhook, in order, while this evaluator holds the lease."""
 
     def __init__(self, url: str, config: AlertsConfig, client: redis.Redis, lease: Lease,
-                 stop: threading.Event, on_result: Any = None) -> None:
+                 stop: threading.Event, on_result: Callable[[str, bool], None] | None = None) -> None:
         super().__init__(name=f"webhook-{safe_url(url)}", daemon=True)
         self.url, self.shown, self.field = url, safe_url(url), delivery_field(url)
         self.config, self.client, self.lease, self.stop = config, client, lease, stop
@@ -174,7 +175,7 @@ class Receiver(threading.Thread):
 
 
 def start_receivers(config: AlertsConfig, client: redis.Redis, lease: Lease, stop: threading.Event,
-                    on_result: Any = None) -> list[Receiver]:
+                    on_result: Callable[[str, bool], None] | None = None) -> list[Receiver]:
     """A thread per webhook; a webhook never seen before starts after the newest transition."""
     if not config.webhooks:
         return []

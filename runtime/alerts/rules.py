@@ -72,12 +72,15 @@ class Rule:
 
     @property
     def pattern(self) -> bool:
+        """Whether the value names several fields (a glob) to combine."""
         return any(c in self.value for c in "*?[")
 
     def applies_to(self, host: str) -> bool:
+        """Whether the rule watches this host ("" is the plain keys)."""
         return not self.hosts or any(fnmatch.fnmatchcase(host, pattern) for pattern in self.hosts)
 
     def breached(self, value: float) -> bool:
+        """Whether the value meets the rule's condition."""
         return OPS[self.op](value, self.threshold)
 
     def render(self, value: float | None, host: str) -> str:

@@ -81,6 +81,7 @@ class Evaluator:
                     self._forget("redis_unavailable", error)
                     self.stop.wait(backoff)
                     backoff = min(backoff * 2, BACKOFF_CAP_SECONDS)
+                    self.health.progress()  # an outage is waited out: a restart would not cure it
                 except Exception as error:  # noqa: BLE001 - the outermost step: record it and go on
                     log.exception("evaluation_failed error=%s", error)
                     self._forget("evaluation_failed", error)
@@ -317,7 +318,9 @@ class Evaluator:
     # --- report ---------------------------------------------------------------------------------
 
     def problems(self) -> list[dict[str, str]]:
-        found = [*self.watcher.problems, *self.coverage.problems(self.watcher.rules)]
+        """Rules refused and rules whose value has not appeared, as the status lists them."""
+        hosts = [host.host for host in self.hosts]
+        found = [*self.watcher.problems, *self.coverage.problems(self.watcher.rules, hosts)]
         return [{"rule": p.rule, "message": p.message} for p in found]
 
     def _report(self) -> None:

@@ -27,6 +27,7 @@ class HostKeys:
 
     @property
     def output_stream(self) -> str | None:
+        """The host's output stream, None without an output key."""
         return self.keys.output_stream if self.keys.output else None
 
 
@@ -45,11 +46,13 @@ def server_ms(client: redis.Redis) -> int:
 
 
 def newest_id(client: redis.Redis, stream: str) -> str | None:
+    """The id of the stream's newest entry, None when it is empty or missing."""
     newest = client.xrevrange(stream, count=1)
     return newest[0][0] if newest else None
 
 
 def poll_cursor(raw: str) -> str:
+    """A polled value's cursor: a digest of it, to tell a new value from the one handled."""
     return POLL_PREFIX + hashlib.sha1(raw.encode("utf-8", "surrogatepass")).hexdigest()
 
 

@@ -65,10 +65,12 @@ class HostCursor:
     last_sample_ms: int | None = None  # server time of the newest sample seen
 
     def to_json(self) -> str:
+        """As stored in the cursors hash."""
         return json.dumps({"input": self.input, "output": self.output, "last_sample_ms": self.last_sample_ms})
 
     @classmethod
     def from_json(cls, text: str) -> HostCursor:
+        """Raises ValueError (or TypeError) for anything but a stored cursor."""
         data = json.loads(text)
         last = data.get("last_sample_ms")
         return cls(_text(data.get("input")), _text(data.get("output")), None if last is None else int(last))

@@ -58,6 +58,7 @@ class RuleWatcher:
         return stat.st_ino, stat.st_dev, stat.st_mtime_ns, stat.st_size
 
     def by_name(self) -> dict[str, Rule]:
+        """The current rules by name."""
         return {rule.name: rule for rule in self.rules}
 
 
@@ -78,20 +79,26 @@ class Coverage:
         self.appeared &= current
 
     def saw(self, rule: Rule, value: float | None) -> None:
+        """Note that the rule's value appeared (any host)."""
         if value is not None:
             self.appeared.add(rule.name)
 
     def saw_names(self, source: str, names: object) -> None:
+        """Remember names seen in a source, to suggest one for a rule whose value never appears."""
         known = self.names.setdefault(source, set())
         if len(known) < MAX_NAMES:
             known.update(n for n in names if isinstance(n, str))
 
-    def problems(self, rules: tuple[Rule, ...]) -> list[Problem]:
+    def problems(self, rules: tuple[Rule, ...], hosts: list[str]) -> list[Problem]:
+        """A problem for each rule whose value has not appeared within the grace period."""
         now = time.monotonic()
-        return [Problem(rule.name, self._missing(rule)) for rule in rules
+        return [Problem(rule.name, self._missing(rule, hosts)) for rule in rules
                 if rule.name not in self.appeared and now - self.since.get(rule.name, now) >= self.grace]
 
-    def _missing(self, rule: Rule) -> str:
+    def _missing(self, rule: Rule, hosts: list[str]) -> str:
+        if rule.hosts and not any(rule.applies_to(host) for host in hosts):
+            return (f"no host matches 'hosts: {', '.join(rule.hosts)}' (followed: "
+                    f"{', '.join(h or 'local' for h in hosts[:10]) or 'none yet'}{', …' if len(hosts) > 10 else ''})")
         where = {"sample": "the samples", "extra": "the samples' extra metrics", "output": "the function's outputs",
                  "runtime": "the runtime's status"}[rule.source]
         text = f"value {rule.value!r} has not appeared in {where} for {self.grace:g} s"
