@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING
+from typing import Any
 
 import redis
 
@@ -19,16 +19,13 @@ from runtime.fleetlease import Assignment
 from runtime.lease import RENEWALS_PER_LEASE
 from runtime.status import HEARTBEAT_SECONDS, State
 
-if TYPE_CHECKING:
-    from runtime.fleet import Fleet
-
 log = logging.getLogger(__name__)
 
 
 class AssignmentKeeper(threading.Thread):
     """Reads the registry and runs the lease script 2.5 times per lease period, apart from the loop."""
 
-    def __init__(self, fleet: Fleet) -> None:
+    def __init__(self, fleet: Any) -> None:  # runtime.fleet.Fleet, which imports this module
         super().__init__(name="fleet-leases", daemon=True)
         self.fleet = fleet
         self.period = min(fleet.config.lease_seconds / RENEWALS_PER_LEASE, HEARTBEAT_SECONDS)
