@@ -49,6 +49,8 @@ def sample_time(text: Any) -> datetime:
         return local_naive(schema.parse_timestamp(text))
     except schema.SampleError:
         raise EntryError(f"timestamp {str(text)[:60]!r} is not a time like '2026-11-29 01:46:25.123456'") from None
+    except OverflowError:  # year 1 at +01:00, year 9999 at -05:00: no local time holds it
+        raise EntryError(f"timestamp {str(text)[:60]!r} is out of the range of local times") from None
 
 
 def _numbers(values: Mapping[str, Any]) -> dict[str, float | int]:

@@ -6,7 +6,7 @@ gave (never decoded and encoded again on its way), and decoded here only to refu
 
 from __future__ import annotations
 
-import json
+from json import dumps as json_dumps, loads as json_loads  # bound at import: out of a handler's reach
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,7 +36,7 @@ class Checkpoint:
     def header(self) -> str:
         """The document up to the env: everything but the env itself, which may be kept from the stored one."""
         env_cursor = self.env_cursor or self.cursor
-        return json.dumps({"cursor": self.cursor.text() if self.cursor else None,
+        return json_dumps({"cursor": self.cursor.text() if self.cursor else None,
                            "env_cursor": env_cursor.text() if env_cursor else None,
                            "env_durable": self.env_error is None, "env_error": self.env_error,
                            "last_execution": self.last_execution.isoformat() if self.last_execution else None})[:-1]
@@ -78,13 +78,13 @@ class CheckpointStore:
 
 def parse(text: str) -> Checkpoint:
     """A checkpoint from its stored JSON; ValueError/TypeError when it is not one."""
-    state = json.loads(text)
+    state = json_loads(text)
     env = state.get("env")
     last = state.get("last_execution")
     if env is not None:
         envcodec.decode(env)  # refuse it here, not in the worker
     cursor = cursors.parse(state.get("cursor"))
-    return Checkpoint(cursor=cursor, env_text=None if env is None else json.dumps(env),
+    return Checkpoint(cursor=cursor, env_text=None if env is None else json_dumps(env),
                       last_execution=datetime.fromisoformat(last) if last else None,
                       env_cursor=_other_than(cursors.parse(state.get("env_cursor")), cursor),
                       env_error=state.get("env_error") if isinstance(state.get("env_error"), str) else None)

@@ -142,16 +142,24 @@ class Publisher:
         if self.host:
             pipe.hset(self.registry, self.host, datetime.now().isoformat(sep=" "))
         try:
-            replies = pipe.execute()
-        except redis.RedisError as error:  # unreachable, restarting, out of memory, a key of the wrong type
-            self._backoff = min(max(self._backoff * 2, 0.5), BACKOFF_CAP_SECONDS)
-            self._next_attempt = time.monotonic() + self._backoff
-            log.warning("redis_unavailable error=%s buffered=%d retry_in=%.1fs", error, len(self.pending), self._backoff)
-            if "WRONGTYPE" in str(error):
-                self._report_wrong_types()
+            # EXEC applies every write that does not fail (a key of the wrong type fails only its own):
+            # read each reply, and forget exactly what landed, so nothing is ever sent twice.
+            replies = pipe.execute(raise_on_error=False)
+        except redis.RedisError as error:  # unreachable, restarting, out of memory: nothing was applied
+            self._retry_later(error)
             return False
         self._sent(batch, rollups, replies)
+        failed = [reply for reply in replies if isinstance(reply, Exception)]
+        if failed:
+            self._retry_later(failed[0])
+            self._report_wrong_types()
+            return False
         return True
+
+    def _retry_later(self, error: Exception) -> None:
+        self._backoff = min(max(self._backoff * 2, 0.5), BACKOFF_CAP_SECONDS)
+        self._next_attempt = time.monotonic() + self._backoff
+        log.warning("redis_unavailable error=%s buffered=%d retry_in=%.1fs", error, len(self.pending), self._backoff)
 
     def _report_wrong_types(self) -> None:
         """Name each key that holds another type than the collector writes, so an operator can fix it."""
@@ -175,16 +183,23 @@ class Publisher:
         return [kind.decode() if isinstance(kind, bytes) else kind for kind in pipe.execute()]
 
     def _sent(self, batch: list, rollups: list, replies: list) -> None:
-        for _ in batch:
-            self.pending.popleft()
+        """Forget what landed; keep what failed (its key of the wrong type named in the log) for later."""
+        sample_replies, rest = replies[:len(batch)], replies[len(batch):]
+        if batch and not isinstance(sample_replies[-1], Exception):  # one key: all of them landed, or none
+            for _ in batch:
+                self.pending.popleft()
+            self.server_ms = schema.stream_id_millis(sample_replies[-1])
+            if self._backoff:
+                log.info("redis_back published_buffered=%d", len(batch))
+        failed_rollups = [item for item, reply in zip(rollups, rest) if isinstance(reply, Exception)]
         for _ in rollups:
             self.rollups.popleft()
-        self.top = None
-        if batch:
-            self.server_ms = schema.stream_id_millis(replies[len(batch) - 1])
-        if self._backoff:
-            log.info("redis_back published_buffered=%d", len(batch))
-        self._backoff = 0.0
+        self.rollups.extendleft(reversed(failed_rollups))
+        top_reply = rest[len(rollups) + (1 if batch else 0)] if self.top is not None else None
+        if not isinstance(top_reply, Exception):
+            self.top = None
+        if not [reply for reply in replies if isinstance(reply, Exception)]:
+            self._backoff = 0.0
 
 
 def run(config: CollectorConfig, client: redis.Redis, stop: threading.Event) -> None:

@@ -8,7 +8,7 @@ output stream is trimmed by age on the server's own clock (`TIME`), never the ru
 from __future__ import annotations
 
 import dataclasses
-import json
+from json import dumps as json_dumps  # bound at import: out of a handler's reach
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -129,7 +129,7 @@ def effects_of(done: Done, status_fields: dict[str, str]) -> Effects:
             name = status.ERRORS_PREFIX + outcome.error["fault"]
             effects.counters[name] = effects.counters.get(name, 0) + 1
     if effects.errors:
-        effects.status[status.LAST_ERROR] = json.dumps(effects.errors[-1])
+        effects.status[status.LAST_ERROR] = json_dumps(effects.errors[-1])
     effects.counters.update({status.INVOCATIONS: len(done), status.ERRORS: len(effects.errors)})
     return effects
 
@@ -144,13 +144,14 @@ def last_execution(done: Done, previous: datetime | None) -> datetime | None:
 def lag_seconds(item: tuple[Sample, Outcome]) -> float | None:
     """Sample time to output stored, as instants: a zoned timestamp, else the stream id (server clock)."""
     sample, outcome = item
+    from_stream = time.time() - sample.cursor.millis / 1000 if isinstance(sample.cursor, StreamCursor) else None
     try:
         moment = datetime.fromisoformat(outcome.timestamp) if outcome.timestamp else None
-    except ValueError:
-        moment = None
-    if (moment is None or moment.tzinfo is None) and isinstance(sample.cursor, StreamCursor):
-        return time.time() - sample.cursor.millis / 1000
-    return status.seconds_since(moment.astimezone(timezone.utc) if moment else None)
+        if moment is None or (moment.tzinfo is None and from_stream is not None):
+            return from_stream
+        return status.seconds_since(moment.astimezone(timezone.utc))
+    except (ValueError, OverflowError):  # not a time, or out of range once zoned (year 1 at +01:00)
+        return from_stream
 
 
 def oldest_lag(done: Done) -> float | None:

@@ -14,7 +14,7 @@ import base64
 import collections
 import datetime as dt
 import decimal
-import json
+from json import dumps as json_dumps, loads as json_loads  # bound at import: out of a handler's reach
 import math
 import queue
 from typing import Any
@@ -46,12 +46,12 @@ def decode(data: Any) -> Any:
 
 def dumps(env: Any) -> str:
     """The env as a JSON string, or NotDurable."""
-    return json.dumps(encode(env), allow_nan=False, separators=(",", ":"))
+    return json_dumps(encode(env), allow_nan=False, separators=(",", ":"))
 
 
 def loads(text: str) -> Any:
     """The env stored by dumps(); ValueError for anything that is not such an encoding."""
-    return decode(json.loads(text))
+    return decode(json_loads(text))
 
 
 def _encode(value: Any, path: str, active: set[int], depth: int) -> Any:

@@ -42,8 +42,14 @@ def describe(error: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(error), error)).strip()
 
 
+def storable(text: str) -> str:
+    """`text` as Redis can store it: a lone surrogate (bytes that were not UTF-8) escaped as `\\udcff`."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def cut(text: str, limit: int, keep: str = "head") -> str:
-    """`text` within `limit` characters, saying how much was cut; `keep` the head or the tail."""
+    """`text` within `limit` characters, storable, saying how much was cut; `keep` the head or the tail."""
+    text = storable(text)
     if len(text) <= limit:
         return text
     note = f"[{len(text) - limit:,} characters cut]"
@@ -57,7 +63,7 @@ def record(fault: Fault, message: str, sample_id: str | None, timestamp: str | N
         "fault": fault.value,
         "message": cut(message or "", ERROR_MESSAGE_MAX),
         "sample_id": sample_id or "",
-        "sample_timestamp": timestamp or "",
+        "sample_timestamp": storable(timestamp or ""),
         "time": now_text(),
         "traceback": cut(trace, ERROR_TRACEBACK_MAX, keep="tail"),  # the tail: where it was raised
         "output": cut(output, ERROR_OUTPUT_MAX, keep="tail"),

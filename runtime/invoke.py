@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from runtime import envcodec, schema
 from runtime.capture import Tail, captured
 from runtime.context import Context
-from runtime.faults import Fault, describe, record, user_traceback
+from runtime.faults import Fault, describe, record, storable, user_traceback
 from runtime.function import FunctionSource
 from runtime.status import ERROR_OUTPUT_MAX
 
@@ -177,7 +177,7 @@ def _decode(request: Request, outcome: dict[str, Any]) -> dict[str, Any] | None:
         outcome["error"] = record(Fault.INPUT_INVALID, str(error), request.entry_id, None)
         return None
     timestamp = payload.get(schema.TIMESTAMP)
-    outcome["timestamp"] = timestamp if isinstance(timestamp, str) else None
+    outcome["timestamp"] = storable(timestamp) if isinstance(timestamp, str) else None
     return payload
 
 

@@ -86,7 +86,13 @@ class Runtime:
         backoff = FIRST_BACKOFF_SECONDS
         try:
             while not self.stop.is_set():
-                backoff = self._guarded_step(backoff)
+                try:
+                    backoff = self._guarded_step(backoff)
+                except Exception:  # handling a failure failed too (Redis refused the error record): go on
+                    log.exception("recovery_failed retry_in=%.1fs", backoff)
+                    self._restored = False
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, BACKOFF_CAP_SECONDS)
             if self.lease.held:
                 self.status.set(State.STOPPED)
         finally:
@@ -102,9 +108,9 @@ class Runtime:
             return FIRST_BACKOFF_SECONDS
         except EnvLost as lost:  # the worker died between batches: no sample's fault, rewind to the checkpoint
             log.warning("env_lost error=%s; rewinding to the checkpoint", lost)
+            self._restored = False
             self.metrics.errors.labels(fault=lost.error["fault"]).inc()
             self.status.store_error(lost.error)
-            self._restored = False
             return FIRST_BACKOFF_SECONDS
         except redis.RedisError as error:  # unreachable, restarting, out of memory, read-only
             self.ready = False
@@ -137,7 +143,8 @@ class Runtime:
         self.status.set(mode=self.reader.mode)
         if batch:
             self._function_ready()  # an edit made while we waited for samples applies to them
-            with_env = self._env_due(batch[-1])
+            # A sample lost before is committed with the env: a replay from an older env would run it again.
+            with_env = self._env_due(batch[-1]) or batch[0].cursor in self.lost
             done = self._invoke(batch, with_env)
             if done:
                 self._commit(done, with_env)

@@ -311,7 +311,10 @@ def decode_object(raw: str | bytes | bytearray) -> dict[str, Any]:
 
 def validate_sample(sample: Mapping[str, Any]) -> dict[str, Any]:
     """The sample if its timestamp parses and its known fields are finite numbers, else SampleError."""
-    parse_timestamp(sample.get(TIMESTAMP))
+    try:
+        local_naive(parse_timestamp(sample.get(TIMESTAMP)))
+    except OverflowError:  # year 1 at +01:00, year 9999 at -05:00: no local time holds it
+        raise SampleError(f"'{TIMESTAMP}' {str(sample.get(TIMESTAMP))[:60]!r} is out of the range of local times") from None
     for field, value in sample.items():
         kind = field_kind(field)
         if kind is None:

@@ -7,7 +7,7 @@ stored (NullStatus), and the loop does not need to ask.
 
 from __future__ import annotations
 
-import json
+from json import dumps as json_dumps  # bound at import: out of a handler's reach
 import logging
 import os
 import threading
@@ -84,7 +84,7 @@ class StatusWriter:
         """An error that belongs to no commit (the function does not load, the worker died idle): record, counters."""
         pipe = self.client.pipeline(transaction=True)
         pipe.xadd(self.keys.errors, error, maxlen=ERRORS_KEPT, approximate=True)
-        fields = {status.LAST_ERROR: json.dumps(error)}
+        fields = {status.LAST_ERROR: json_dumps(error)}
         if error["fault"] == Fault.FUNCTION_LOAD:
             fields[status.FUNCTION_ERROR] = error["message"]
         pipe.hset(self.keys.status, mapping=fields)

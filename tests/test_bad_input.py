@@ -255,3 +255,68 @@ def test_a_runtime_clock_25_h_ahead_does_not_trim_the_outputs(client, redis_url,
     with running_runtime(runtime_env(redis_url, USERMODULE, RETENTION_SECONDS="3600", HANDLER_TIMEOUT="0")):
         wait_for(lambda: client.hget("out:status", "invocations") == "3")
     assert [i for i, _ in outputs(client, "out")] == ids
+
+
+ECHO_TIMESTAMP = 'def handler(input, context):\n    return {"ts": str(input["timestamp"])}\n'
+
+
+def test_a_timestamp_out_of_range_once_zoned_or_not_utf8_costs_nothing_at_commit(client, redis_url, tmp_path):
+    """Odd timestamps reach the commit (lag, the output entry): each sample is stored, none stalls the runtime."""
+    path = write_function(tmp_path, ECHO_TIMESTAMP)
+    odd = ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59+00:00", "2026-11-30 10:00:00.\ud800"]
+    payloads = [json.dumps(dict(make_samples(1)[0], timestamp=ts)) for ts in odd] + make_samples(2)
+    ids = publish(client, payloads)
+    with running_runtime(runtime_env(redis_url, path, HANDLER_TIMEOUT="0")):
+        wait_for(lambda: len(outputs(client, "out")) == len(ids), timeout=15, what="every sample's output")
+        assert client.hget("out:status", "state") == "running"
+    assert [i for i, _ in outputs(client, "out")] == ids and not errors(client, "out")
+
+
+def test_readers_skip_a_timestamp_no_local_time_holds(client):
+    good = make_samples(1)[0]
+    entries = [("1-0", {"sample": json.dumps(good)})] + [
+        (f"{i}-0", {"sample": json.dumps(dict(good, timestamp=ts))})
+        for i, ts in enumerate(["0001-01-01T00:00:00+01:00", "9999-12-31T23:30:00-05:00"], start=2)]
+    frame, malformed = schema.entries_to_frame(entries)
+    assert len(frame) == 1 and malformed == 2
+    from app import entries as page_entries
+    frame, skipped, reason = page_entries.to_frame(entries, page_entries.sample_row)
+    assert len(frame) == 1 and skipped == 2 and "out of the range of local times" in reason
+
+
+def test_a_handler_in_process_that_replaces_json_dumps_cannot_corrupt_a_commit(client, redis_url, tmp_path):
+    path = write_function(tmp_path, '''
+import json
+
+def handler(input, context):
+    context.env["n"] = context.env.get("n", 0) + 1
+    json.dumps = lambda *args, **kwargs: "not json"
+    return {"n": context.env["n"]}
+''')
+    ids = publish(client, make_samples(4))
+    dumps = json.dumps  # in-process: the handler replaces it in this very process
+    try:
+        with running_runtime(runtime_env(redis_url, path, HANDLER_TIMEOUT="0", ENV_CHECKPOINT_SECONDS="0")):
+            wait_for(lambda: len(outputs(client, "out")) == 4, timeout=15, what="four outputs")
+    finally:
+        json.dumps = dumps
+    assert [o["n"] for _, o in outputs(client, "out")] == [1, 2, 3, 4] and [i for i, _ in outputs(client, "out")] == ids
+    assert json.loads(client.get("out:state"))["env"] == {"n": 4}
+
+
+def test_the_loop_lives_when_even_its_error_record_cannot_be_stored(client, redis_url, tmp_path):
+    """A worker that dies idle while `out:errors` is of the wrong type: the record fails; the loop goes on."""
+    path = write_function(tmp_path, 'import os\n\ndef handler(input, context):\n'
+                                    '    context.env["pid"] = os.getpid()\n    return {"ok": 1}\n')
+    samples = make_samples(6)
+    publish(client, samples[:3])
+    with running_runtime(runtime_env(redis_url, path)) as runtime:
+        wait_for(lambda: len(outputs(client, "out")) == 3)
+        client.set("out:errors", "not a stream")
+        os.kill(json.loads(client.get("out:state"))["env"]["pid"], 9)
+        publish(client, samples[3:])
+        time.sleep(1.0)  # the runtime meets the dead worker and fails to record it
+        client.delete("out:errors")
+        wait_for(lambda: len(outputs(client, "out")) == 6, timeout=20, what="the samples after the failure")
+        assert runtime.health.alive
+    assert [o for _, o in outputs(client, "out")] == [{"ok": 1}] * 6

@@ -138,3 +138,22 @@ def test_an_interval_under_half_a_second_is_refused(redis_url):
     result = subprocess.run([sys.executable, "-m", "runtime.collector"], cwd=REPO_DIR, capture_output=True, text=True,
                             env={**os.environ, "REDIS_URL": redis_url, "INTERVAL": "0.1"}, timeout=30)
     assert result.returncode == 2 and "INTERVAL='0.1' must be at least 0.5" in result.stderr
+
+
+@pytest.mark.parametrize("bad_key", ["metrics:hosts", "metrics:node-1:rollup:10s", "metrics:node-1:top"])
+def test_a_key_of_the_wrong_type_costs_only_its_own_writes_never_a_duplicate(client, redis_url, bad_key):
+    """EXEC applies every write but the one on the wrong-type key: what landed is not sent again."""
+    client.set(bad_key, "not what the collector writes") if "hosts" in bad_key else client.hset(bad_key, "x", "1")
+    publisher = Publisher(connect(RedisSettings(redis_url), "test"), schema.Keys(), 3600, 100, host="node-1")
+    publisher._next_attempt = 0.0
+    rollup = ("10s", {"sample": json.dumps(make_samples(1)[0]), "count": "1"})
+    for sample in make_samples(6):
+        publisher._next_attempt = 0.0  # no backoff between attempts: each one would resend a duplicate
+        publisher.publish(sample, None, [rollup], top={"by_cpu": []})
+    stream = schema.Keys().for_host("node-1").input_stream
+    assert client.xlen(stream) == 6  # each sample once, though every flush failed on the bad key
+    client.delete(bad_key)
+    publisher._next_attempt = 0.0
+    assert publisher.publish(make_samples(7)[-1], None, [], top={"by_cpu": []})
+    assert client.xlen(stream) == 7 and client.xlen("metrics:node-1:rollup:10s") == 6
+    assert client.type(bad_key) in ("hash", "stream", "string")  # the write it refused lands once it is fixed
