@@ -37,6 +37,8 @@ DEFAULT_HANDLER_TIMEOUT = 30.0
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_ENV_CHECKPOINT_SECONDS = 1.0  # the env is stored at most this often; the samples since replay on restart
 DEFAULT_LEASE_SECONDS = 5.0  # a standby takes over this long after the active runtime died
+DEFAULT_MAX_HOSTS = 2000  # hosts one runtime process follows at most (about 400 MB; see the README's sizing)
+DEFAULT_HOST_TTL = 24 * 3600.0  # a host silent this long is dropped from the registry and released
 
 # The block of one XREAD when no sample comes. A stop wakes it at once; the liveness probe expects a
 # step at least every STALL_SECONDS (observe.py), and the socket timeout must exceed it.
@@ -197,6 +199,8 @@ class RuntimeConfig:
     handler_memory_mb: int = 0  # 0: no limit
     block_seconds: float = DEFAULT_BLOCK_SECONDS
     env_checkpoint_seconds: float = DEFAULT_ENV_CHECKPOINT_SECONDS  # 0: with every commit
+    max_hosts: int = DEFAULT_MAX_HOSTS
+    host_ttl: float = DEFAULT_HOST_TTL
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RuntimeConfig:
@@ -225,6 +229,8 @@ class RuntimeConfig:
             handler_memory_mb=int(_number(env, "HANDLER_MEMORY_MB", 0, 0)),
             block_seconds=_number(env, "BLOCK_SECONDS", DEFAULT_BLOCK_SECONDS, 0.01, MAX_BLOCK_SECONDS),
             env_checkpoint_seconds=_number(env, "ENV_CHECKPOINT_SECONDS", DEFAULT_ENV_CHECKPOINT_SECONDS, 0, 3600),
+            max_hosts=int(_number(env, "MAX_HOSTS", DEFAULT_MAX_HOSTS, 1, 100_000)),
+            host_ttl=_number(env, "HOST_TTL", DEFAULT_HOST_TTL, 10),
         ).checked()
 
     def checked(self) -> RuntimeConfig:

@@ -314,6 +314,38 @@ class Runtime:
         log.info("committed samples=%d cursor=%s errors=%d lag_s=%s", len(done), done[-1][0].cursor.text(),
                  len(effects.errors), "?" if lag is None else f"{lag:.3f}")
 
+    # --- batches read elsewhere: the fleet reads many hosts' streams in one XREAD ----------------------
+
+    def handle(self, batch: list[Sample], with_env: bool | None = None) -> None:
+        """Call and commit a batch read after `read_after()`; restores from the checkpoint first if needed."""
+        self.resume()
+        with_env = self.env_due(batch) if with_env is None else with_env
+        done = self._invoke(batch, with_env)
+        if done:
+            self._commit(done, with_env)
+
+    def env_due(self, batch: list[Sample]) -> bool:
+        """Whether the commit of this batch stores the env (ENV_CHECKPOINT_SECONDS)."""
+        return self._env_due(batch[-1])
+
+    def resume(self) -> None:
+        """Adopt the stored checkpoint unless already done since the last `invalidate()`."""
+        if not self._restored:
+            self._restore()
+
+    def invalidate(self) -> None:
+        """Re-read the checkpoint before the next batch: the env in the invoker is gone or not ours."""
+        self._restored = False
+
+    def read_after(self) -> StreamCursor:
+        """The stream position the next batch starts after (resume() first)."""
+        if isinstance(self.committed.cursor, StreamCursor):
+            return self.committed.cursor
+        if self.reader.started_ms is None:
+            seconds, micros = self.client.time()
+            self.reader.started_ms = seconds * 1000 + micros // 1000
+        return self.reader._start_cursor(self.committed.cursor)  # noqa: SLF001 - the same rule as reading alone
+
     def describe(self) -> str:
         """Why the runtime is not ready, for /readyz."""
         if self.status.problem:

@@ -67,11 +67,7 @@ class Reader:
 
     def wake(self) -> None:
         """End a blocking read now (from another thread): the loop then sees its stop flag."""
-        if self._blocking_id is not None:
-            try:
-                self.client.client_unblock(self._blocking_id)
-            except redis.RedisError:
-                pass
+        unblock(self.client, self._blocking_id)
 
     def close(self) -> None:
         if self._blocking is not None:
@@ -150,6 +146,15 @@ class Reader:
                     return [sample]  # (when the stream began meanwhile, the sample is taken from there, in order)
         self.stop.wait(min(self._next_poll - time.monotonic(), STREAM_NOTICE_SECONDS))
         return []
+
+
+def unblock(client: redis.Redis, client_id: int | None) -> None:
+    """End the blocking command of connection `client_id` now (CLIENT UNBLOCK), if there is one."""
+    if client_id is not None:
+        try:
+            client.client_unblock(client_id)
+        except redis.RedisError:
+            pass
 
 
 def text_of(value: str | bytes) -> str:

@@ -196,6 +196,11 @@ class Keys:
         return self._derived("lease")
 
     @property
+    def replicas(self) -> str:
+        """The runtime replicas sharing this output key's hosts (sorted set: replica -> lease expiry, ms)."""
+        return self._derived("lease") + ":replicas"  # under the reserved `lease`: no host's key can land here
+
+    @property
     def alerts(self) -> AlertKeys:
         """Where the alert evaluator keeps its state, beside the input key (`alerts` is a reserved host id)."""
         base = f"{self.input}:alerts"

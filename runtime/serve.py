@@ -17,6 +17,7 @@ import resource
 import signal
 import socket
 import sys
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -46,6 +47,8 @@ class Server:
         self.tail = Tail(OUTPUT_TAIL)
         self.pid = _getpid()
         self.replies = Replies(channel)
+        # Further contexts by id (the fleet's hosts), each with its own env and context fields.
+        self.contexts: dict[str, tuple[Context, FunctionSettings]] = {}
 
     def serve(self) -> None:
         """Answer requests until the runtime closes the socket."""
@@ -57,35 +60,60 @@ class Server:
             op, message_id = message.get("op"), message.get("id")
             if op == "batch":
                 self.run_batch(message_id, message["requests"], message["blobs"], message.get("with_env", True),
-                               message.get("buffered", True))
+                               message.get("buffered", True), message.get("context"))
+            elif op == "batches":  # many hosts' batches in one message: the fleet's round
+                self.run_batches(message["batches"], message["blobs"])
             else:
                 self.only_worker_answers()
                 self.replies.send_now({**self.answer(op, message), "id": message_id})
 
+    def run_batches(self, parts: list[dict[str, Any]], raws: list[bytes]) -> None:
+        start = 0
+        for part in parts:
+            count = len(part["requests"])
+            self.run_batch(part["id"], part["requests"], raws[start:start + count], part["with_env"], True,
+                           part["context"])
+            start += count
+
     def run_batch(self, first: int, requests: list[list[Any]], raws: list[bytes], with_env: bool = True,
-                  buffered: bool = True) -> None:
+                  buffered: bool = True, context_id: str | None = None) -> None:
+        context, settings = self.context_of(context_id)
         self.replies.begin(buffered)
         last = len(requests) - 1
         for index, ((entry_id, problem, has_raw), raw) in enumerate(zip(requests, raws)):
             request = Request(entry_id, raw if has_raw else None, problem)
-            outcome = call(self.function, self.context, self.settings, request, self.tail)
+            outcome = call(self.function, context, settings, request, self.tail)
             self.only_worker_answers()
             # The env with the last reply (when asked for) saves the commit a round trip.
-            env = encode_env(self.context.env) if with_env and index == last else None
+            env = encode_env(context.env) if with_env and index == last else None
             self.replies.add([first + index, *(outcome[name] for name in OUTCOME_FIELDS), env], index == last)
 
+    def context_of(self, context_id: str | None,
+                   fields: dict[str, Any] | None = None) -> tuple[Context, FunctionSettings]:
+        """The default context (None), or one by id, made with its own context fields when new."""
+        if context_id is None:
+            return self.context, self.settings
+        if context_id not in self.contexts:
+            settings = replace(self.settings, context_fields={**self.settings.context_fields, **(fields or {})})
+            self.contexts[context_id] = Context(function_getmtime="", **settings.context_fields), settings
+        return self.contexts[context_id]
+
     def answer(self, op: str, message: dict[str, Any]) -> dict[str, Any]:
+        if op == "drop":  # a host the runtime no longer follows: its env goes with it
+            self.contexts.pop(message.get("context"), None)
+            return {}
+        context = self.context_of(message.get("context"), message.get("fields"))[0]
         if op == "load":
             self.function.refresh(retry=True)
             current = self.function.current
             return {"version": current.version if current else None, "error": self.function.error}
         if op == "env":
-            data, error = encode_env(self.context.env)
+            data, error = encode_env(context.env)
             return {"env": data, "error": error}
         if op == "restore":
-            self.context.env = decode_env(message["env"])
+            context.env = decode_env(message["env"])
             last = message["last_execution"]
-            self.context.last_execution = datetime.fromisoformat(last) if last else None
+            context.last_execution = datetime.fromisoformat(last) if last else None
             return {}
         return {"unknown": op}
 

@@ -79,11 +79,37 @@ class Worker:
         self._retry.succeeded()
         return reply["version"] is not None and (reply["version"] != previous or failing)
 
-    def invoke_batch(self, requests: Sequence[Request], with_env: bool = True) -> Iterator[Outcome]:
-        """Send the batch in one message; yield each outcome as its reply comes, each with its own deadline."""
+    def invoke_batch(self, requests: Sequence[Request], with_env: bool = True,
+                     context: str | None = None) -> Iterator[Outcome]:
+        """Send the batch in one message; yield each outcome as its reply comes, each with its own deadline.
+
+        `context`: the id of one of the worker's further contexts (a host of the fleet), None for its own.
+        """
         if not requests:
             return
-        first, last_execution = self._send_batch(requests, with_env), self._last_execution
+        yield from self.receive_batch(self._send_batch(requests, with_env, context), requests, context)
+
+    def send_batches(self, batches: Sequence[tuple[str, Sequence[Request], bool]]) -> list[int]:
+        """Send (context, requests, with_env) batches in one message; their first ids, for receive_batch().
+
+        One message, read whole by the worker before it replies: neither side can block the other.
+        """
+        if self._process is None or not self._alive():
+            self._restart_dead_worker()
+        parts = [{"id": self._take_ids(len(requests)), "context": context, "with_env": with_env,
+                  "requests": [[r.entry_id, r.problem, r.raw is not None] for r in requests]}
+                 for context, requests, with_env in batches]
+        blobs = [_raw_bytes(r.raw) for _, requests, _ in batches for r in requests]
+        try:
+            self._send({"op": "batches", "batches": parts, "id": None}, blobs)
+        except InvocationLost as lost:  # it died between the check and the send: while idle
+            self._kill()
+            raise EnvLost(lost.error) from None
+        return [part["id"] for part in parts]
+
+    def receive_batch(self, first: int, requests: Sequence[Request], context: str | None = None) -> Iterator[Outcome]:
+        """The outcomes of a batch sent as `first`, each as its reply comes, each with its own deadline."""
+        last_execution = self._last_execution
         received = 0
         try:
             for index, request in enumerate(requests):
@@ -97,7 +123,7 @@ class Worker:
                 outcome = Outcome(*reply[1:-1], env=EnvData(*env) if env is not None else None)
                 if outcome.last_execution:
                     last_execution = datetime.fromisoformat(outcome.last_execution)
-                if outcome.env is not None:  # what env_data() gives while no worker runs
+                if outcome.env is not None and context is None:  # what env_data() gives while no worker runs
                     self._env_data, self._last_execution = outcome.env.text, last_execution
                 if index == len(requests) - 1:
                     self._unbuffered_next = False
@@ -108,14 +134,14 @@ class Worker:
                 log.warning("batch_abandoned after=%d of %d: stopping the worker", received, len(requests))
                 self._kill()
 
-    def _send_batch(self, requests: Sequence[Request], with_env: bool) -> int:
+    def _send_batch(self, requests: Sequence[Request], with_env: bool, context: str | None = None) -> int:
         """Send the batch to a running worker; its first invocation id. EnvLost if it died while idle."""
         if self._process is None or not self._alive():
             self._restart_dead_worker()
         first = self._take_ids(len(requests))
         # After a timeout, one batch unbuffered: a call stuck holding the GIL cannot hide replies before it.
         message = {"op": "batch", "id": first, "with_env": with_env, "buffered": not self._unbuffered_next,
-                   "requests": [[r.entry_id, r.problem, r.raw is not None] for r in requests]}
+                   "requests": [[r.entry_id, r.problem, r.raw is not None] for r in requests], "context": context}
         try:
             self._send(message, [_raw_bytes(r.raw) for r in requests])
         except InvocationLost as lost:  # it died between the check and the send: while idle, no sample's fault
@@ -140,6 +166,27 @@ class Worker:
 
     def close(self) -> None:
         self._kill()
+
+    # --- further contexts (the fleet's hosts): each its own env, all in this one worker --------------
+
+    def context_env(self, context: str) -> EnvData:
+        """The env of a further context, from the running worker."""
+        reply = self._request({"op": "env", "context": context}, START_TIMEOUT)
+        return EnvData(reply["env"], reply["error"])
+
+    def restore_context(self, context: str, fields: dict[str, Any], env_data: str | None,
+                        last_execution: datetime | None) -> None:
+        """Set a further context's env (made with these context fields when new), starting a worker if none runs."""
+        if self._process is None or not self._alive():
+            self._restart_dead_worker()
+        last = last_execution.isoformat() if last_execution else None
+        self._request({"op": "restore", "context": context, "fields": fields, "env": env_data,
+                       "last_execution": last}, START_TIMEOUT)
+
+    def drop_context(self, context: str) -> None:
+        """Forget a further context and its env (a host no longer followed)."""
+        if self._process is not None:
+            self._request({"op": "drop", "context": context}, START_TIMEOUT)
 
     @property
     def pid(self) -> int | None:
