@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 
 import redis
 
-from runtime import schema, status
+from runtime import keytypes, schema, status
 from runtime.checkpoint import ENV_SEPARATOR, Checkpoint, MemoryCheckpoints
 from runtime.config import ERRORS_KEPT
 from runtime.keytypes import KeyTypeError
@@ -35,13 +35,7 @@ log = logging.getLogger(__name__)
 COMMIT = """
 local separator = '<<ENV_SEPARATOR>>'
 local expected = {'string', 'string', 'stream', 'stream', 'string', 'hash'}
-for i, key in ipairs(KEYS) do
-  local found = redis.call('TYPE', key)['ok']
-  if found ~= 'none' and found ~= expected[i] then return {'wrongtype', key, found, expected[i]} end
-end
-local holder = redis.call('GET', KEYS[1])
-if holder ~= ARGV[1] then return {'lease', tostring(holder)} end
-local now = redis.call('TIME')
+""" + keytypes.FENCE_LUA + """local now = redis.call('TIME')
 local minid = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[2]))
 local i = 7
 local function entries(add)

@@ -6,6 +6,17 @@ import redis
 
 FIX = "delete it (redis-cli DEL) or point the runtime at other keys"
 
+# Lua that opens every fenced commit script, before it writes anything: a key of another type than
+# the script's `expected[i]` for KEYS[i], or a lease (KEYS[1]) not held by ARGV[1], and it returns why.
+FENCE_LUA = """
+for i, key in ipairs(KEYS) do
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= expected[i] then return {'wrongtype', key, found, expected[i]} end
+end
+local holder = redis.call('GET', KEYS[1])
+if holder ~= ARGV[1] then return {'lease', tostring(holder)} end
+"""
+
 
 class KeyTypeError(Exception):
     """A key the runtime reads or writes holds another type; nothing was written because of it."""

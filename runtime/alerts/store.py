@@ -30,13 +30,7 @@ TRANSITIONS_KEPT = 10_000  # entries of the transitions stream (a receiver furth
 # cursors (pairs). Replies {'ok', id...}, or why nothing was written.
 COMMIT = """
 local expected = {'string', 'stream', 'hash', 'hash'}
-for i, key in ipairs(KEYS) do
-  local found = redis.call('TYPE', key)['ok']
-  if found ~= 'none' and found ~= expected[i] then return {'wrongtype', key, found, expected[i]} end
-end
-local holder = redis.call('GET', KEYS[1])
-if holder ~= ARGV[1] then return {'lease', tostring(holder)} end
-local reply, i = {'ok'}, 4
+""" + keytypes.FENCE_LUA + """local reply, i = {'ok'}, 4
 for _ = 1, tonumber(ARGV[3]) do
   local n = tonumber(ARGV[i]); i = i + 1
   reply[#reply + 1] = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, i, i + n - 1))
