@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from runtime import schema, status
+from runtime import keytypes, schema, status
 from runtime.config import ERRORS_KEPT
 from runtime.faults import Fault
 from runtime.status import Mode, State
@@ -81,7 +81,13 @@ class StatusWriter:
         return fields
 
     def store_error(self, error: dict[str, Any]) -> None:
-        """An error that belongs to no commit (the function does not load, the worker died idle): record, counters."""
+        """An error that belongs to no commit (the function does not load, the worker died idle): record, counters.
+
+        The key types are checked first: EXEC would apply the record and fail the counters, and the
+        caller, seeing the failure, would store the record again.
+        """
+        keytypes.check(self.client, self.keys.errors, "stream")
+        keytypes.check(self.client, self.keys.status, "hash")
         pipe = self.client.pipeline(transaction=True)
         pipe.xadd(self.keys.errors, error, maxlen=ERRORS_KEPT, approximate=True)
         fields = {status.LAST_ERROR: json_dumps(error)}

@@ -352,3 +352,14 @@ def test_a_stream_turned_string_mid_run_is_named_and_deleting_a_bad_checkpoint_d
         wait_for(lambda: len(outputs(client, "out")) == 9, timeout=15, what="the samples after the fix")
         time.sleep(0.5)
     assert [o["n"] for _, o in outputs(client, "out")] == list(range(1, 10))  # once each, the env continuous
+
+
+def test_a_load_error_is_recorded_once_even_while_the_status_key_has_the_wrong_type(client, redis_url, tmp_path):
+    client.set("out:status", "not a hash")
+    with running_runtime(runtime_env(redis_url, tmp_path / "missing.py")):
+        time.sleep(3)  # the runtime meets the missing function again and again while the key is wrong
+        assert not client.exists("out:errors")  # nothing half-stored: no record without its counters
+        client.delete("out:status")
+        wait_for(lambda: client.hget("out:status", "errors") == "1", timeout=15, what="the load error's record")
+        time.sleep(1)
+    assert [e["fault"] for e in errors(client, "out")] == ["function_load"]
