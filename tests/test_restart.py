@@ -144,3 +144,28 @@ def test_an_env_stored_less_often_is_rebuilt_by_replaying_after_kill_9(client, r
     wait_for(lambda: len(outputs(client, "out")) == 7, timeout=30)
     assert [output["n"] for _, output in outputs(client, "out")] == [1, 2, 3, 4, 5, 6, 7]
     assert "replayed samples=4" in (tmp_path / "restart.log").read_text()
+
+
+def test_a_sample_lost_to_the_timeout_is_not_replayed_after_kill_9(client, redis_url, tmp_path, processes):
+    """The lost sample's commit stores the env: a restart's replay starts after it, never runs it again."""
+    marker = tmp_path / "hang-now"  # the sample hangs the first time only, as a worker killed from outside
+    marker.touch()
+    path = write_function(tmp_path, "import os, time\n\ndef handler(input, context):\n"
+                                    f"    if input.get('hang') and os.path.exists({str(marker)!r}):\n"
+                                    "        time.sleep(3)\n"
+                                    "    context.env['n'] = context.env.get('n', 0) + 1\n"
+                                    "    return {'n': context.env['n']}\n")
+    env = runtime_env(redis_url, path, ENV_CHECKPOINT_SECONDS="3600", BATCH_SIZE="1", HANDLER_TIMEOUT="1")
+    samples = make_samples(5)
+    samples[2]["hang"] = True
+    publish(client, samples[:4])
+    processes.append(spawn("runtime", env))
+    wait_for(lambda: len(outputs(client, "out")) == 3, timeout=30, what="the outputs around the lost sample")
+    marker.unlink()
+    processes[-1].send_signal(signal.SIGKILL)
+    processes[-1].wait(10)
+    processes.append(spawn("runtime", env))
+    publish(client, samples[4:])
+    wait_for(lambda: len(outputs(client, "out")) == 4, timeout=30, what="the output after the restart")
+    assert [output["n"] for _, output in outputs(client, "out")] == [1, 2, 3, 4]
+    assert [e["fault"] for _, e in client.xrange("out:errors")] == ["timeout"]  # recorded once, run once
