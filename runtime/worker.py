@@ -18,6 +18,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)  # where `runtime` is importable from
 START_TIMEOUT = 120.0  # seconds a new worker may take to import the function (pandas, numpy…)
 EXIT_GRACE = 1.0  # seconds a worker that closed its socket gets to finish exiting, for its exit code
+ALIVE_CHECK_SECONDS = 0.5  # while a reply is awaited, how often the worker is checked for having ended
 
 
 class Worker:
@@ -254,10 +256,17 @@ class Worker:
 
     def _receive(self, expected: int, timeout: float) -> Any:
         """The reply with id `expected`; older replies (an abandoned batch, a forked copy) are dropped."""
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                reply = self._channel.receive(timeout)
+                # In slices: a worker that ended while a process it started keeps the socket open
+                # sends no end of file, and must not pass for a handler still running.
+                reply = self._channel.receive(max(0.0, min(ALIVE_CHECK_SECONDS, deadline - time.monotonic())))
             except ChannelTimeout:
+                if self._process is not None and self._process.poll() is not None:
+                    self._lost_worker("a process it started keeps its socket open")
+                if time.monotonic() < deadline:
+                    continue
                 self._kill()
                 self._unbuffered_next = True
                 raise InvocationLost(record(Fault.TIMEOUT, f"the handler ran past HANDLER_TIMEOUT={self.timeout:g}s "

@@ -424,3 +424,34 @@ def test_the_worker_logs_like_the_runtime_one_line_per_event(client, redis_url, 
     assert len([line for line in lines if "SyntaxError" in line]) == 1, lines
     (loaded,) = [line for line in lines if "function_loaded" in line]
     assert " INFO runtime.function function_loaded " in loaded
+
+
+def test_a_worker_that_ends_while_a_process_it_started_holds_its_socket_is_a_worker_death(client, redis_url, tmp_path):
+    """A handler forks a new session that keeps the worker's socket, then ends the worker: not a timeout."""
+    pid_file = tmp_path / "grandchild.pid"
+    path = write_function(tmp_path, f'''
+import os, time
+
+def handler(input, context):
+    if input.get("escape"):
+        if os.fork() == 0:
+            os.setsid()
+            open({str(pid_file)!r}, "w").write(str(os.getpid()))
+            time.sleep(20)
+            os._exit(0)
+        time.sleep(0.2)
+        os._exit(3)
+    return {{"ok": 1}}
+''')
+    samples = make_samples(2)
+    samples[0]["escape"] = True
+    ids = publish(client, samples)
+    try:
+        with running_runtime(runtime_env(redis_url, path, HANDLER_TIMEOUT="15")):
+            wait_for(lambda: len(outputs(client, "out")) == 1, timeout=10, what="the next sample's output")
+        (record,) = errors(client, "out")
+        assert record["fault"] == "worker_died" and record["sample_id"] == ids[0]
+        assert "keeps its socket open" in record["message"]
+    finally:
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
