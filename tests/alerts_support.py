@@ -16,6 +16,7 @@ from runtime import schema
 from runtime.alerts.config import AlertsConfig, alert_keys
 from runtime.alerts.service import Evaluator
 from runtime.config import connect
+from tests.conftest import running_in_thread
 
 KEYS = alert_keys(schema.Keys())
 
@@ -37,15 +38,9 @@ def alerts_env(redis_url: str, rules: Path, **extra: str) -> dict[str, str]:
 def running_evaluator(env: dict[str, str]) -> Iterator[Evaluator]:
     config = AlertsConfig.from_env(env)
     stop = threading.Event()
-    evaluator = Evaluator(config, connect(config.redis, client_name="test-alerts"), stop)
-    thread = threading.Thread(target=evaluator.run, daemon=True)
-    thread.start()
-    try:
+    with running_in_thread(Evaluator(config, connect(config.redis, client_name="test-alerts"), stop), stop,
+                           "evaluator") as evaluator:
         yield evaluator
-    finally:
-        stop.set()
-        thread.join(15)
-        assert not thread.is_alive(), "the evaluator did not stop within 15 s"
 
 
 def add_sample(client: redis.Redis, at_seconds: float, stream: str = "metrics:stream", extra: dict | None = None,

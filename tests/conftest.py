@@ -132,19 +132,26 @@ def runtime_env(redis_url: str, function_path: Path, **extra: str) -> dict[str, 
 
 
 @contextmanager
+def running_in_thread(service, stop: threading.Event, what: str) -> Iterator:
+    """`service.run()` in a thread of this process; on exit `stop` is set and the thread must end within 15 s."""
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    try:
+        yield service
+    finally:
+        stop.set()
+        thread.join(15)
+        assert not thread.is_alive(), f"the {what} did not stop within 15 s"
+
+
+@contextmanager
 def running_runtime(env: dict[str, str]) -> Iterator[Runtime]:
     """The runtime loop in a thread of this process, stopped (warm) on exit."""
     config = RuntimeConfig.from_env(env)
     stop = threading.Event()
-    runtime = Runtime(config, connect(config.redis, client_name="test-runtime"), stop)
-    thread = threading.Thread(target=runtime.run, daemon=True)
-    thread.start()
-    try:
+    with running_in_thread(Runtime(config, connect(config.redis, client_name="test-runtime"), stop), stop,
+                           "runtime") as runtime:
         yield runtime
-    finally:
-        stop.set()
-        thread.join(15)
-        assert not thread.is_alive(), "the runtime did not stop within 15 s"
 
 
 def spawn(module: str, env: dict[str, str], **kwargs) -> subprocess.Popen:
