@@ -1,4 +1,4 @@
-"""What keeps a worker process apart from the runtime: its environment, its process group, its lifetime."""
+"""What keeps a worker process apart from the runtime: its environment, its process tree, its lifetime."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 SECRETS = ("REDIS_PASSWORD", "REDISCLI_AUTH")  # never handed to user code
 URL_VARIABLES = ("REDIS_URL",)  # kept, without the password in them
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PR_SET_CHILD_SUBREAPER = 36
+TERMINATE_PATIENCE = 7.0  # seconds the warden gets to kill the worker's tree before its group is killed
 
 
 def child_environment(environ: Mapping[str, str], package_root: str) -> dict[str, str]:
@@ -44,20 +46,29 @@ def without_password(url: str) -> str | None:
     return urlunsplit(parts._replace(netloc=host + port))
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to kill this process when the runtime dies; exit now if it already has."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+def die_with_parent(parent_pid: int, how: signal.Signals = signal.SIGKILL) -> None:
+    """Ask Linux to send `how` to this process when its parent dies; exit now if it already has."""
+    _prctl(PR_SET_PDEATHSIG, how, "PR_SET_PDEATHSIG")
     if os.getppid() != parent_pid:  # it died before the request took effect
         os._exit(1)
+
+
+def become_subreaper() -> None:
+    """Orphans of our descendants become our children (not init's), so we can find and kill them."""
+    _prctl(PR_SET_CHILD_SUBREAPER, 1, "PR_SET_CHILD_SUBREAPER")
+
+
+def _prctl(option: int, value: int, name: str) -> None:
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(option, value, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), f"prctl({name}) failed")
 
 
 def wait_for_exit(process: subprocess.Popen, timeout: float) -> bool:
     """Whether the process has ended within `timeout` seconds, without reaping it.
 
-    Not reaping keeps its process id, and so its group id, from being reused until kill_group().
+    Not reaping keeps its process id, and so its group id, from being reused until stop_warden().
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -71,8 +82,17 @@ def wait_for_exit(process: subprocess.Popen, timeout: float) -> bool:
         time.sleep(0.01)
 
 
-def kill_group(process: subprocess.Popen) -> None:
-    """SIGKILL the process and everything in its group (what the handler started), then reap it."""
+def stop_warden(process: subprocess.Popen) -> None:
+    """Stop a worker's warden, which kills everything the handler started; then kill its group, and reap it.
+
+    The group kill is the fallback for a warden that does not end (it runs no user code, so it should).
+    """
+    if not wait_for_exit(process, 0):
+        try:
+            process.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        wait_for_exit(process, TERMINATE_PATIENCE)
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

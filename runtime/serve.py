@@ -1,4 +1,4 @@
-"""The worker process: `python -m runtime.serve FD PARENT_PID SETTINGS`, started by worker.Worker.
+"""The worker process: forked by its warden (runtime/warden.py), which worker.Worker starts.
 
 It answers the runtime over the socket FD until the socket closes: `load` (re)loads the function,
 `restore` sets the env, `env` returns it, `batch` runs samples and sends one reply per invocation as
@@ -106,7 +106,7 @@ class Server:
         if op == "load":
             self.function.refresh(retry=True)
             current = self.function.current
-            return {"version": current.version if current else None, "error": self.function.error}
+            return {"version": current.version if current else None, "error": self.function.error, "pid": self.pid}
         if op == "env":
             data, error = encode_env(context.env)
             return {"env": data, "error": error}

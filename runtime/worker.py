@@ -4,9 +4,9 @@ The child holds the function and the `context` (so `context.env` lives there bet
 runtime sends a whole batch of samples in one message; the child answers one message per
 invocation as each finishes, tagged with its invocation id, so every invocation keeps its own
 deadline (measured from the previous reply) and a timeout costs only that invocation. Nothing is
-pickled. The child runs in its own process group, which is killed as a whole on timeout, restart and
-close, and it dies with the runtime (parent-death signal). Either way the runtime starts a new worker
-from the env it last had.
+pickled. The child runs under a warden (runtime/warden.py) that kills everything the handler started,
+in its process group or not, on timeout, restart and close, and when the runtime dies. Either way the
+runtime starts a new worker from the env it last had.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from runtime.faults import Fault, record
 from runtime.function import Retry, source_identity
 from runtime.invoke import EMPTY_ENV, OUTCOME_FIELDS, EnvData, EnvLost, FunctionSettings, InvocationLost, Outcome
 from runtime.invoke import Request
-from runtime.sandbox import child_environment, kill_group, wait_for_exit
+from runtime.sandbox import child_environment, stop_warden, wait_for_exit
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class Worker:
         self._last_execution: datetime | None = None
         self._retry = Retry()
         self._unbuffered_next = False
+        self._handler_pid: int | None = None
 
     # --- the Invoker interface -------------------------------------------------------------------
 
@@ -75,6 +76,7 @@ class Worker:
         previous, failing = self.version, self.error is not None
         reply = self._request({"op": "load"}, START_TIMEOUT)
         self.version, self.error = reply["version"] or previous, reply["error"]
+        self._handler_pid = reply.get("pid")
         if self.error is not None:
             self._retry.failed()
             return False
@@ -192,19 +194,21 @@ class Worker:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        """The process that runs the handler (under its warden, once it has loaded the function)."""
+        return self._handler_pid if self._process is not None else None
 
     # --- the process -------------------------------------------------------------------------------
 
     def _start(self) -> None:
-        # A fresh interpreter (`python -m runtime.serve`), not fork: no locks copied from our threads;
-        # and not multiprocessing's spawn, which re-runs whatever script is __main__ in the child.
+        # A fresh interpreter (`python -m runtime.warden`, which forks `runtime.serve`), not fork: no locks
+        # copied from our threads; and not multiprocessing's spawn, which re-runs whatever script is
+        # __main__ in the child.
         ours, theirs = socket.socketpair()
         settings = json.dumps({**dataclasses.asdict(self.settings), "path": str(self.settings.path),
                                "unpack_dir": str(self.settings.unpack_dir), "extra_paths": self.extra_paths})
         env = child_environment(os.environ, PACKAGE_ROOT)
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "runtime.serve", str(theirs.fileno()), str(os.getpid()), settings],
+            [sys.executable, "-m", "runtime.warden", str(theirs.fileno()), str(os.getpid()), settings],
             pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL, start_new_session=True)
         theirs.close()
         self._channel = Channel(ours)
@@ -234,7 +238,7 @@ class Worker:
         if self._channel is not None:
             self._channel.close()
         if self._process is not None:
-            kill_group(self._process)
+            stop_warden(self._process)
         self._process, self._channel, self._identity = None, None, None
 
     # --- messages ----------------------------------------------------------------------------------

@@ -170,8 +170,61 @@ def test_the_worker_and_its_children_die_with_the_runtime(client, redis_url, tmp
     worker, child = read_pids(tmp_path)
     processes[0].send_signal(signal.SIGKILL)
     processes[0].wait(10)
-    wait_for(lambda: not alive(worker), timeout=10, what="the worker to die with the runtime")
-    os.kill(child, signal.SIGKILL)  # an orphan of the killed worker: the parent-death signal covers the worker only
+    wait_for(lambda: not alive(worker) and not alive(child), timeout=10, what="the worker and its child to die")
+
+
+ESCAPING_CHILDREN = '''
+import os, subprocess, sys, time
+
+def handler(input, context):
+    """Start a child in a session of its own, and an orphan by double fork; then maybe hang."""
+    record = os.path.join(os.path.dirname(__file__), "pids")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)"], start_new_session=True)
+    with open(record, "a") as pids:
+        pids.write(f"{child.pid}\\n")
+    middle = os.fork()
+    if middle == 0:
+        if os.fork() == 0:
+            os.setsid()
+            with open(record, "a") as pids:
+                pids.write(f"{os.getpid()}\\n")
+            time.sleep(1000)
+        os._exit(0)
+    os.waitpid(middle, 0)
+    while len(open(record).read().split()) < 2:
+        time.sleep(0.01)
+    if input.get("hang"):
+        time.sleep(1000)
+    return {"ok": 1}
+'''
+
+
+def kill_leftovers(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.parametrize("how", ["runtime-killed", "handler-timeout", "runtime-stopped"])
+def test_processes_a_handler_starts_outside_its_group_die_too(client, redis_url, tmp_path, processes, how):
+    """setsid and double-forked orphans leave the worker's process group: they go when the worker goes."""
+    path = write_function(tmp_path, ESCAPING_CHILDREN)
+    publish(client, [dict(make_samples(1)[0], hang=how == "handler-timeout")])
+    processes.append(spawn("runtime", runtime_env(redis_url, path, HANDLER_TIMEOUT="3")))
+    try:
+        wait_for(lambda: len(read_pids(tmp_path)) == 2, timeout=30, what="both escapees started")
+        escapees = read_pids(tmp_path)
+        if how == "runtime-killed":
+            processes[0].send_signal(signal.SIGKILL)
+        elif how == "runtime-stopped":
+            processes[0].send_signal(signal.SIGTERM)
+        else:
+            wait_for(lambda: errors(client, "out"), timeout=20, what="the timeout's record")
+        wait_for(lambda: not any(alive(pid) for pid in escapees), timeout=10, what="every escapee gone")
+    finally:
+        kill_leftovers(read_pids(tmp_path))
 
 
 def test_a_worker_that_dies_while_idle_is_recorded_and_its_env_rewound_to_the_checkpoint(client, redis_url, tmp_path):
@@ -427,7 +480,8 @@ def test_the_worker_logs_like_the_runtime_one_line_per_event(client, redis_url, 
 
 
 def test_a_worker_that_ends_while_a_process_it_started_holds_its_socket_is_a_worker_death(client, redis_url, tmp_path):
-    """A handler forks a new session that keeps the worker's socket, then ends the worker: not a timeout."""
+    """A handler forks a new session that keeps the worker's socket, then ends the worker: not a timeout,
+    and the new session is killed with it."""
     pid_file = tmp_path / "grandchild.pid"
     path = write_function(tmp_path, f'''
 import os, time
@@ -451,7 +505,8 @@ def handler(input, context):
             wait_for(lambda: len(outputs(client, "out")) == 1, timeout=10, what="the next sample's output")
         (record,) = errors(client, "out")
         assert record["fault"] == "worker_died" and record["sample_id"] == ids[0]
-        assert "keeps its socket open" in record["message"]
+        assert "exit code 3" in record["message"]
+        wait_for(lambda: not alive(int(pid_file.read_text())), timeout=10, what="the socket's holder killed")
     finally:
         if pid_file.exists():
-            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            kill_leftovers([int(pid_file.read_text())])
