@@ -136,16 +136,23 @@ def last_execution(done: Done, previous: datetime | None) -> datetime | None:
 
 
 def lag_seconds(item: tuple[Sample, Outcome]) -> float | None:
-    """Sample time to output stored, as instants: a zoned timestamp, else the stream id (server clock)."""
+    """Sample time to output stored, as instants: a zoned timestamp, else the stream id (server clock).
+
+    A zoned timestamp from the future (a collector's clock ahead) says nothing of our lag: the stream
+    id does, or 0 where there is none.
+    """
     sample, outcome = item
     from_stream = time.time() - sample.cursor.millis / 1000 if isinstance(sample.cursor, StreamCursor) else None
     try:
         moment = datetime.fromisoformat(outcome.timestamp) if outcome.timestamp else None
         if moment is None or (moment.tzinfo is None and from_stream is not None):
             return from_stream
-        return status.seconds_since(moment.astimezone(timezone.utc))
+        lag = status.seconds_since(moment.astimezone(timezone.utc))
     except (ValueError, OverflowError):  # not a time, or out of range once zoned (year 1 at +01:00)
         return from_stream
+    if lag < 0:
+        return from_stream if from_stream is not None else 0.0
+    return lag
 
 
 def oldest_lag(done: Done) -> float | None:

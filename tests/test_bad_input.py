@@ -8,6 +8,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 
+import pytest
 import redis
 
 from runtime import schema
@@ -202,6 +203,18 @@ def test_zoned_timestamps_give_the_true_lag_in_any_time_zone(client, redis_url, 
     processes.append(spawn("runtime", runtime_env(redis_url, "usermodule.py", TZ="Asia/Tokyo")))
     wait_for(lambda: client.hget("out:status", "invocations") == "2", timeout=30)
     assert 100 <= float(client.hget("out:status", "lag_seconds")) < 160  # the oldest sample's, not 32,400 s
+
+
+@pytest.mark.parametrize("ahead", [timedelta(hours=1), timedelta(days=3650)], ids=["hour", "decade"])
+def test_a_zoned_timestamp_from_the_future_reports_the_streams_lag_never_a_negative_one(client, redis_url, processes,
+                                                                                      ahead):
+    """A collector whose clock runs ahead: the lag is measured by the server's clock (the stream id)."""
+    sample = make_samples(1)[0]
+    sample["timestamp"] = (datetime.now(timezone.utc) + ahead).isoformat()
+    publish(client, [sample])
+    processes.append(spawn("runtime", runtime_env(redis_url, "usermodule.py")))
+    wait_for(lambda: client.hget("out:status", "invocations") == "1", timeout=30)
+    assert 0 <= float(client.hget("out:status", "lag_seconds")) < 60
 
 
 def test_a_password_with_a_slash_in_the_url_is_a_clear_configuration_error(redis_url):
