@@ -32,7 +32,7 @@ from runtime.invoke import EnvLost
 from runtime.keytypes import KeyTypeError, is_wrongtype
 from runtime.lease import LeaseLost
 from runtime.loop import Runtime
-from runtime.observe import Health, Metrics
+from runtime.observe import STALL_SECONDS, Health, Metrics
 from runtime.reader import entry_sample, unblock
 from runtime.status import State
 
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 FIRST_BACKOFF_SECONDS = 0.1
 BLOCKED_RECHECK_SECONDS = 10.0
+IDLE_WAIT_SECONDS = STALL_SECONDS / 2  # an idle loop's longest wait: well within what /healthz allows
 ROUND_SAMPLES = 5000  # samples read in one round at most, shared among the hosts: bounds a backlog's memory  # how often a host whose stream key has the wrong type is looked at again
 
 
@@ -155,8 +156,8 @@ class Fleet:
         self.health.progress()
 
     def _idle(self) -> None:
-        """Nothing to read: wait for the keeper's next assignment."""
-        self.keeper.changed.wait(self.keeper.period)
+        """Nothing to read: wait for a new assignment, coming round often enough to stay alive for /healthz."""
+        self.keeper.changed.wait(IDLE_WAIT_SECONDS)
         self.keeper.changed.clear()
         self.health.progress()
 

@@ -197,3 +197,16 @@ def test_idle_http_connections_are_closed_and_threads_bounded(client, redis_url,
     idle.settimeout(HTTP_IDLE_SECONDS + 10)
     assert idle.recv(1) == b"", "an idle connection must be closed by the server"
     idle.close()
+
+
+def test_an_idle_runtime_without_hosts_reads_the_registry_alone_and_seldom(client, redis_url, processes):
+    """The course's setup (no HOST_ID): between samples, the lease renewal and one registry read every 5 s;
+    no server clock, no replica announcement, no host leases (each was a round trip every 2 s)."""
+    publish(client, make_samples(2))
+    processes.append(spawn("runtime", runtime_env(redis_url, "usermodule.py", LEASE_SECONDS="5")))
+    wait_for(lambda: client.hget("out:status", "invocations") == "2", timeout=30)
+    client.config_resetstat()
+    time.sleep(10)
+    calls = {name.removeprefix("cmdstat_"): stats["calls"] for name, stats in client.info("commandstats").items()}
+    assert "time" not in calls and "zadd" not in calls, calls
+    assert calls.get("hgetall", 0) <= 3 and calls.get("evalsha", 0) <= 6, calls
