@@ -227,6 +227,42 @@ def test_processes_a_handler_starts_outside_its_group_die_too(client, redis_url,
         kill_leftovers(read_pids(tmp_path))
 
 
+FORK_CHAIN = '''
+import os, time
+
+def handler(input, context):
+    """A process that keeps moving: it forks a copy and ends, again and again, each in a new session."""
+    record = os.path.join(os.path.dirname(__file__), "chain")
+    if os.fork() == 0:
+        os.setsid()
+        for _ in range(100_000):
+            if os.fork():
+                os._exit(0)
+            os.setsid()
+            with open(record + ".new", "w") as latest:
+                latest.write(str(os.getpid()))
+            os.replace(record + ".new", record)
+            time.sleep(0.002)
+        os._exit(0)
+    time.sleep(1000)
+'''
+
+
+def test_a_process_that_keeps_forking_away_is_caught_at_the_timeout(client, redis_url, tmp_path):
+    path = write_function(tmp_path, FORK_CHAIN)
+    publish(client, make_samples(1))
+    chain = tmp_path / "chain"
+    try:
+        with running_runtime(runtime_env(redis_url, path, HANDLER_TIMEOUT="2")):
+            wait_for(lambda: errors(client, "out"), timeout=30, what="the timeout's record")
+            time.sleep(0.5)
+            latest = int(chain.read_text())
+            time.sleep(0.5)
+            assert int(chain.read_text()) == latest and not alive(latest), "the chain still moves"
+    finally:
+        subprocess.run(["pkill", "-KILL", "-f", str(path)], check=False)
+
+
 def test_a_worker_that_dies_while_idle_is_recorded_and_its_env_rewound_to_the_checkpoint(client, redis_url, tmp_path):
     path = write_function(tmp_path, COUNTING.replace('    return', '    context.env["pid"] = __import__("os").getpid()\n'
                                                      '    return'))
