@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import threading
 import time
+import zlib
 from typing import Any
 
 import redis
@@ -41,6 +42,11 @@ log = logging.getLogger(__name__)
 FIRST_BACKOFF_SECONDS = 0.1
 BLOCKED_RECHECK_SECONDS = 10.0
 ROUND_SAMPLES = 5000  # samples read in one round at most, shared among the hosts: bounds a backlog's memory  # how often a host whose stream key has the wrong type is looked at again
+
+
+def env_phase(name: str) -> float:
+    """Where in the env period a host stores its env, in [0, 1): hosts adopted together spread their stores."""
+    return zlib.crc32(name.encode()) % 1024 / 1024
 
 
 @dataclasses.dataclass
@@ -348,6 +354,7 @@ class Fleet:
         runtime.lease = HostLease(keys.lease, self.leases.holder)
         runtime.committer._script = self.rounds.script(runtime.committer._script, name)  # noqa: SLF001
         runtime.health = self.health
+        runtime.env_first_due_in(self.config.env_checkpoint_seconds * env_phase(name))
         log.info("host_followed host=%s output=%s", name, keys.output)
         return Host(name, runtime, invoker, keys.input_stream, self.keeper.server_ms)
 
