@@ -40,8 +40,8 @@ from runtime.status import State
 log = logging.getLogger(__name__)
 
 FIRST_BACKOFF_SECONDS = 0.1
-BLOCKED_RECHECK_SECONDS = 10.0
-ROUND_SAMPLES = 5000  # samples read in one round at most, shared among the hosts: bounds a backlog's memory  # how often a host whose stream key has the wrong type is looked at again
+BLOCKED_RECHECK_SECONDS = 10.0  # how often a host whose stream key has the wrong type is looked at again
+ROUND_SAMPLES = 5000  # samples read in one round at most, shared among the hosts: bounds a backlog's memory
 
 
 def env_phase(name: str) -> float:
