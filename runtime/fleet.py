@@ -349,12 +349,14 @@ class Fleet:
     def _adopt(self, name: str) -> Host:
         keys = self.config.keys.for_host(name)
         invoker = HostInvoker(self.pool, name, {"input_key": keys.input, "output_key": keys.output})
-        runtime = Runtime(dataclasses.replace(self.config, keys=keys), self.client, self.stop, invoker,
-                          metrics=self.metrics.for_host(name))  # type: ignore[arg-type]
+        config = dataclasses.replace(self.config, keys=keys,
+                                     env_checkpoint_seconds=self.config.host_env_checkpoint_seconds)
+        runtime = Runtime(config, self.client, self.stop, invoker,  # type: ignore[arg-type]
+                          metrics=self.metrics.for_host(name))
         runtime.lease = HostLease(keys.lease, self.leases.holder)
         runtime.committer._script = self.rounds.script(runtime.committer._script, name)  # noqa: SLF001
         runtime.health = self.health
-        runtime.env_first_due_in(self.config.env_checkpoint_seconds * env_phase(name))
+        runtime.env_first_due_in(config.env_checkpoint_seconds * env_phase(name))
         log.info("host_followed host=%s output=%s", name, keys.output)
         return Host(name, runtime, invoker, keys.input_stream, self.keeper.server_ms)
 

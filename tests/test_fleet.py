@@ -16,7 +16,10 @@ import pytest
 import redis
 
 from runtime import schema
-from runtime.fleet import env_phase
+from runtime.config import RuntimeConfig
+from runtime.fleet import Fleet, env_phase
+from runtime.fleetpool import pool_of
+from runtime.loop import make_invoker
 from runtime.fleetmetrics import HOST_SERIES_MAX, OTHER_HOSTS, FleetMetrics
 from runtime.observe import Metrics
 from tests.conftest import free_port, make_samples, runtime_env, spawn, wait_for, write_function
@@ -265,6 +268,14 @@ def test_hosts_adopted_together_store_their_envs_spread_over_the_period():
     assert all(0 <= phase < 1 for phase in phases)
     tenths = Counter(int(phase * 10) for phase in phases)
     assert len(tenths) == 10 and max(tenths.values()) < 150  # about 100 hosts in each tenth of the period
+
+
+def test_a_hosts_commits_store_its_env_at_the_hosts_period(client, redis_url, tmp_path):
+    config = RuntimeConfig.from_env(runtime_env(redis_url, write_function(tmp_path, COUNTING), HANDLER_TIMEOUT="0"))
+    fleet = Fleet(config, client, threading.Event(), pool_of(make_invoker(config)))
+    host = fleet._adopt("node-0001")  # noqa: SLF001
+    assert host.runtime.config.env_checkpoint_seconds == config.host_env_checkpoint_seconds == 10.0
+    assert config.env_checkpoint_seconds == 1.0  # the plain keys' runtime keeps its own
 
 
 def test_host_series_are_capped_and_go_with_their_host():
