@@ -188,6 +188,10 @@ class Fleet:
             if self._resumed(host):
                 host.generation = self.pool.generation()
                 ready.append(host)
+        # A later host's replay that hung restarted the worker: the contexts restored before it are gone.
+        for host in [host for host in ready if host.generation != self.pool.generation()]:
+            host.runtime.invalidate()
+            ready.remove(host)
         self.by_stream = {host.stream: host for host in ready}
         return ready
 

@@ -150,7 +150,7 @@ class Runtime:
         if batch:
             self._function_ready()  # an edit made while we waited for samples applies to them
             # A sample lost before is committed with the env: a replay from an older env would run it again.
-            with_env = self._env_due(batch[-1]) or batch[0].cursor in self.lost
+            with_env = self.env_due(batch)
             done = self._invoke(batch, with_env)
             if done:
                 self._commit(done, with_env)
@@ -329,8 +329,8 @@ class Runtime:
         self._env_due_at = time.monotonic() + seconds
 
     def env_due(self, batch: list[Sample]) -> bool:
-        """Whether the commit of this batch stores the env (ENV_CHECKPOINT_SECONDS)."""
-        return self._env_due(batch[-1])
+        """Whether the commit of this batch stores the env: ENV_CHECKPOINT_SECONDS, or a sample lost before."""
+        return self._env_due(batch[-1]) or batch[0].cursor in self.lost
 
     def resume(self) -> None:
         """Adopt the stored checkpoint unless already done since the last `invalidate()`."""
