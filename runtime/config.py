@@ -35,7 +35,10 @@ DEFAULT_BATCH = 256  # samples read and committed together when a backlog builds
 ERRORS_KEPT = 1000  # entries of the errors stream
 DEFAULT_HANDLER_TIMEOUT = 30.0
 DEFAULT_HTTP_PORT = 8080
-DEFAULT_ENV_CHECKPOINT_SECONDS = 1.0  # the env is stored at most this often; the samples since replay on restart
+DEFAULT_ENV_CHECKPOINT_SECONDS = 1.0  # the env is stored about this often; the samples since replay on restart
+# The registered hosts' period when ENV_CHECKPOINT_SECONDS is not set: a thousand hosts storing their env
+# every second would keep a core busy encoding it; a takeover replays at most this much per host.
+DEFAULT_HOST_ENV_CHECKPOINT_SECONDS = 10.0
 DEFAULT_LEASE_SECONDS = 5.0  # a standby takes over this long after the active runtime died
 DEFAULT_MAX_HOSTS = 2000  # hosts one runtime process follows at most (about 400 MB; see the README's sizing)
 DEFAULT_HOST_TTL = 24 * 3600.0  # a host silent this long is dropped from the registry and released
@@ -199,6 +202,7 @@ class RuntimeConfig:
     handler_memory_mb: int = 0  # 0: no limit
     block_seconds: float = DEFAULT_BLOCK_SECONDS
     env_checkpoint_seconds: float = DEFAULT_ENV_CHECKPOINT_SECONDS  # 0: with every commit
+    host_env_checkpoint_seconds: float = DEFAULT_HOST_ENV_CHECKPOINT_SECONDS  # the registered hosts' own
     max_hosts: int = DEFAULT_MAX_HOSTS
     host_ttl: float = DEFAULT_HOST_TTL
 
@@ -208,6 +212,10 @@ class RuntimeConfig:
         start_from = env.get("START_FROM", "latest").strip().lower()
         if start_from not in ("latest", "earliest"):
             raise ConfigError(f"START_FROM={start_from!r} must be 'latest' or 'earliest'")
+        retention = _number(env, "RETENTION_SECONDS", DEFAULT_RETENTION_SECONDS, 1)
+        env_checkpoint = _number(env, "ENV_CHECKPOINT_SECONDS", DEFAULT_ENV_CHECKPOINT_SECONDS, 0, 3600)
+        host_env_checkpoint = env_checkpoint if env.get("ENV_CHECKPOINT_SECONDS", "").strip() else min(
+            DEFAULT_HOST_ENV_CHECKPOINT_SECONDS, retention / 2)
         return cls(
             redis=RedisSettings.from_env(env),
             keys=schema.Keys(
@@ -218,7 +226,7 @@ class RuntimeConfig:
             function_path=Path(env.get("FUNCTION_PATH", "").strip() or DEFAULT_FUNCTION_PATH),
             handler_name=env.get("FUNCTION_HANDLER", "").strip() or DEFAULT_HANDLER,
             output_max_bytes=int(_number(env, "OUTPUT_MAX_BYTES", DEFAULT_OUTPUT_MAX_BYTES, 1)),
-            retention_seconds=_number(env, "RETENTION_SECONDS", DEFAULT_RETENTION_SECONDS, 1),
+            retention_seconds=retention,
             start_from_earliest=start_from == "earliest",
             batch_size=int(_number(env, "BATCH_SIZE", DEFAULT_BATCH, 1)),
             handler_timeout=_number(env, "HANDLER_TIMEOUT", DEFAULT_HANDLER_TIMEOUT, 0),
@@ -228,7 +236,8 @@ class RuntimeConfig:
             lease_seconds=_number(env, "LEASE_SECONDS", DEFAULT_LEASE_SECONDS, 1),
             handler_memory_mb=int(_number(env, "HANDLER_MEMORY_MB", 0, 0)),
             block_seconds=_number(env, "BLOCK_SECONDS", DEFAULT_BLOCK_SECONDS, 0.01, MAX_BLOCK_SECONDS),
-            env_checkpoint_seconds=_number(env, "ENV_CHECKPOINT_SECONDS", DEFAULT_ENV_CHECKPOINT_SECONDS, 0, 3600),
+            env_checkpoint_seconds=env_checkpoint,
+            host_env_checkpoint_seconds=host_env_checkpoint,
             max_hosts=int(_number(env, "MAX_HOSTS", DEFAULT_MAX_HOSTS, 1, 100_000)),
             host_ttl=_number(env, "HOST_TTL", DEFAULT_HOST_TTL, 10),
         ).checked()

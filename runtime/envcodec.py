@@ -54,19 +54,37 @@ def loads(text: str) -> Any:
     return decode(json_loads(text))
 
 
-def _encode(value: Any, path: str, active: set[int], depth: int) -> Any:
+# A value's place in the env, spelled out only for an error: the root's name, or (parent, format, step).
+Place = str | tuple
+PLAIN = frozenset({type(None), bool, int, str})  # stored as they are, at any depth
+
+
+def where(path: Place) -> str:
+    """The text of a place: env['cpu'][3], env['a'] key 2."""
+    steps = []
+    while isinstance(path, tuple):
+        path, form, step = path
+        steps.append(form % (step,))
+    return path + "".join(reversed(steps))
+
+
+def _plain(value: Any) -> bool:
+    return type(value) in PLAIN or type(value) is float and math.isfinite(value)
+
+
+def _encode(value: Any, path: Place, active: set[int], depth: int) -> Any:
     kind = type(value)
-    if value is None or kind in (bool, int, str):
+    if kind in PLAIN:
         return value
     if kind is float:
         return value if math.isfinite(value) else {TAG: "float", "v": repr(value)}
     if depth > MAX_DEPTH:
-        raise NotDurable(f"{path}: nested deeper than {MAX_DEPTH} levels")
+        raise NotDurable(f"{where(path)}: nested deeper than {MAX_DEPTH} levels")
     simple = _encode_scalar(value, kind)
     if simple is not None:
         return simple
     if id(value) in active:
-        raise NotDurable(f"{path}: refers to itself (a cycle)")
+        raise NotDurable(f"{where(path)}: refers to itself (a cycle)")
     active.add(id(value))
     try:
         return _encode_container(value, kind, path, active, depth + 1)
@@ -95,19 +113,34 @@ def _encode_scalar(value: Any, kind: type) -> dict | None:
     return None
 
 
-def _encode_container(value: Any, kind: type, path: str, active: set[int], depth: int) -> Any:
-    def each(items, label=lambda i: f"[{i}]"):
-        return [_encode(item, path + label(i), active, depth) for i, item in enumerate(items)]
+def _encode_container(value: Any, kind: type, path: Place, active: set[int], depth: int) -> Any:
+    # Plain items (most of an env: numbers and strings) are taken as they are, without a call each, and
+    # so are tuples of them (a window's (time, value) pairs), as _encode would write them.
+    def each(items):
+        encoded = []
+        for i, item in enumerate(items):
+            kind = type(item)
+            if kind in PLAIN or kind is float and math.isfinite(item):
+                encoded.append(item)
+            elif kind is tuple and depth < MAX_DEPTH and all(_plain(part) for part in item):
+                encoded.append({TAG: "tuple", "v": list(item)})
+            else:
+                encoded.append(_encode(item, (path, "[%d]", i), active, depth))
+        return encoded
+
+    def one(item, form, step):
+        if _plain(item):
+            return item
+        return _encode(item, (path, form, step), active, depth)
 
     def pairs(mapping):
-        return [[_encode(k, f"{path} key {k!r}", active, depth), _encode(v, f"{path}[{k!r}]", active, depth)]
-                for k, v in mapping.items()]
+        return [[one(k, " key %r", k), one(v, "[%r]", k)] for k, v in mapping.items()]
 
     if kind is list:
         return each(value)
     if kind is dict:
         if all(type(k) is str for k in value) and TAG not in value:
-            return {k: _encode(v, f"{path}[{k!r}]", active, depth) for k, v in value.items()}
+            return {k: one(v, "[%r]", k) for k, v in value.items()}
         return {TAG: "dict", "v": pairs(value)}
     if kind in (tuple, set, frozenset):
         return {TAG: kind.__name__, "v": each(value)}
@@ -118,7 +151,8 @@ def _encode_container(value: Any, kind: type, path: str, active: set[int], depth
     if kind is collections.defaultdict:
         factory = getattr(value.default_factory, "__name__", None)
         if value.default_factory is not None and FACTORIES.get(factory) is not value.default_factory:
-            raise NotDurable(f"{path}: a defaultdict whose factory {value.default_factory!r} is not a plain type")
+            raise NotDurable(f"{where(path)}: a defaultdict whose factory {value.default_factory!r} is not a "
+                             "plain type")
         return {TAG: "defaultdict", "factory": factory, "v": pairs(value)}
     if kind.__name__ in QUEUES and QUEUES[kind.__name__] is kind:
         with value.mutex:
@@ -127,7 +161,7 @@ def _encode_container(value: Any, kind: type, path: str, active: set[int], depth
     if kind.__module__ == "numpy" and kind.__name__ == "ndarray" and value.dtype.kind in NUMPY_KINDS:
         return {TAG: "ndarray", "dtype": value.dtype.str, "shape": list(value.shape),
                 "v": each(value.ravel().tolist())}
-    raise NotDurable(f"{path}: a {kind.__module__}.{kind.__qualname__} object cannot be stored "
+    raise NotDurable(f"{where(path)}: a {kind.__module__}.{kind.__qualname__} object cannot be stored "
                      "(durable types: numbers, str, bytes, None, list, tuple, dict, set, deque, Queue, "
                      "datetime/date/time/timedelta, Decimal, numpy numbers and arrays)")
 

@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import threading
 import time
+import zlib
 from typing import Any
 
 import redis
@@ -39,9 +40,14 @@ from runtime.status import State
 log = logging.getLogger(__name__)
 
 FIRST_BACKOFF_SECONDS = 0.1
-BLOCKED_RECHECK_SECONDS = 10.0
+BLOCKED_RECHECK_SECONDS = 10.0  # how often a host whose stream key has the wrong type is looked at again
+ROUND_SAMPLES = 5000  # samples read in one round at most, shared among the hosts: bounds a backlog's memory
 IDLE_WAIT_SECONDS = STALL_SECONDS / 2  # an idle loop's longest wait: well within what /healthz allows
-ROUND_SAMPLES = 5000  # samples read in one round at most, shared among the hosts: bounds a backlog's memory  # how often a host whose stream key has the wrong type is looked at again
+
+
+def env_phase(name: str) -> float:
+    """Where in the env period a host stores its env, in [0, 1): hosts adopted together spread their stores."""
+    return zlib.crc32(name.encode()) % 1024 / 1024
 
 
 @dataclasses.dataclass
@@ -183,6 +189,10 @@ class Fleet:
             if self._resumed(host):
                 host.generation = self.pool.generation()
                 ready.append(host)
+        # A later host's replay that hung restarted the worker: the contexts restored before it are gone.
+        for host in [host for host in ready if host.generation != self.pool.generation()]:
+            host.runtime.invalidate()
+            ready.remove(host)
         self.by_stream = {host.stream: host for host in ready}
         return ready
 
@@ -344,11 +354,14 @@ class Fleet:
     def _adopt(self, name: str) -> Host:
         keys = self.config.keys.for_host(name)
         invoker = HostInvoker(self.pool, name, {"input_key": keys.input, "output_key": keys.output})
-        runtime = Runtime(dataclasses.replace(self.config, keys=keys), self.client, self.stop, invoker,
-                          metrics=self.metrics.for_host(name))  # type: ignore[arg-type]
+        config = dataclasses.replace(self.config, keys=keys,
+                                     env_checkpoint_seconds=self.config.host_env_checkpoint_seconds)
+        runtime = Runtime(config, self.client, self.stop, invoker,  # type: ignore[arg-type]
+                          metrics=self.metrics.for_host(name))
         runtime.lease = HostLease(keys.lease, self.leases.holder)
         runtime.committer._script = self.rounds.script(runtime.committer._script, name)  # noqa: SLF001
         runtime.health = self.health
+        runtime.env_first_due_in(config.env_checkpoint_seconds * env_phase(name))
         log.info("host_followed host=%s output=%s", name, keys.output)
         return Host(name, runtime, invoker, keys.input_stream, self.keeper.server_ms)
 

@@ -150,7 +150,7 @@ class Runtime:
         if batch:
             self._function_ready()  # an edit made while we waited for samples applies to them
             # A sample lost before is committed with the env: a replay from an older env would run it again.
-            with_env = self._env_due(batch[-1]) or batch[0].cursor in self.lost
+            with_env = self.env_due(batch)
             done = self._invoke(batch, with_env)
             if done:
                 self._commit(done, with_env)
@@ -290,7 +290,7 @@ class Runtime:
             return
         self.committed = checkpoint
         if with_env:
-            self._env_due_at = time.monotonic() + self.config.env_checkpoint_seconds
+            self._env_due_at = next_due(self._env_due_at, self.config.env_checkpoint_seconds, time.monotonic())
         self._account(done, effects, lag)
 
     def _checkpoint_after(self, done: Done, with_env: bool) -> Checkpoint:
@@ -324,9 +324,13 @@ class Runtime:
         if done:
             self._commit(done, with_env)
 
+    def env_first_due_in(self, seconds: float) -> None:
+        """Store the env first `seconds` from now (a new host's first commit stores it anyway), then in step."""
+        self._env_due_at = time.monotonic() + seconds
+
     def env_due(self, batch: list[Sample]) -> bool:
-        """Whether the commit of this batch stores the env (ENV_CHECKPOINT_SECONDS)."""
-        return self._env_due(batch[-1])
+        """Whether the commit of this batch stores the env: ENV_CHECKPOINT_SECONDS, or a sample lost before."""
+        return self._env_due(batch[-1]) or batch[0].cursor in self.lost
 
     def resume(self) -> None:
         """Adopt the stored checkpoint unless already done since the last `invalidate()`."""
@@ -356,6 +360,19 @@ class Runtime:
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+def next_due(due: float, period: float, now: float) -> float:
+    """The env's next store: whole periods on from the last due time, not from when the commit came.
+
+    A commit comes late by however long its round took; counting the period from then would let hosts
+    whose stores were spread apart drift into the same rounds, and one round carry every host's env.
+    """
+    if period <= 0:
+        return now
+    if due > now:  # stored before it was due (a host's first commit): the phase stays
+        return due
+    return due + (int((now - due) // period) + 1) * period
+
 
 def make_invoker(config: RuntimeConfig, extra_paths: list[str] | None = None) -> InProcess | Worker:
     """A worker process with a hard timeout, or (HANDLER_TIMEOUT=0) calls in this process."""

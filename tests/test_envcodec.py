@@ -73,6 +73,8 @@ def test_numpy_scalars_and_arrays_keep_their_dtype():
 @pytest.mark.parametrize("value, where", [
     ({"handle": open}, "env['handle']"),
     ({"deep": [object()]}, "env['deep'][0]"),
+    ({"window": collections.deque([(1.0, 2.0), (object(), 3.0)])}, "env['window'][1][0]"),
+    ({1: {"a": (1, [2, object()])}}, "env[1]['a'][1][1]"),
     ({"f": collections.defaultdict(lambda: 0)}, "factory"),
     ({"gen": (i for i in range(3))}, "generator"),
 ])

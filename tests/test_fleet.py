@@ -16,6 +16,10 @@ import pytest
 import redis
 
 from runtime import schema
+from runtime.config import RuntimeConfig
+from runtime.fleet import Fleet, env_phase
+from runtime.fleetpool import pool_of
+from runtime.loop import make_invoker
 from runtime.fleetmetrics import HOST_SERIES_MAX, OTHER_HOSTS, FleetMetrics
 from runtime.observe import Metrics
 from tests.conftest import free_port, make_samples, runtime_env, spawn, wait_for, write_function
@@ -256,6 +260,22 @@ def test_a_silent_host_is_dropped_and_its_lease_released(client, redis_url, proc
         assert client.hexists(BASE.hosts, "busy") and client.exists(BASE.for_host("busy").lease)
     publish_round(client, ["quiet"], make_samples(1)[0])  # it speaks again: followed again
     wait_for(lambda: client.xlen(BASE.for_host("quiet").output_stream) == 2, timeout=60)
+
+
+def test_hosts_adopted_together_store_their_envs_spread_over_the_period():
+    """One round carrying every host's env took seconds at 1,000 hosts: each host has its own phase."""
+    phases = [env_phase(name) for name in host_names(1000)]
+    assert all(0 <= phase < 1 for phase in phases)
+    tenths = Counter(int(phase * 10) for phase in phases)
+    assert len(tenths) == 10 and max(tenths.values()) < 150  # about 100 hosts in each tenth of the period
+
+
+def test_a_hosts_commits_store_its_env_at_the_hosts_period(client, redis_url, tmp_path):
+    config = RuntimeConfig.from_env(runtime_env(redis_url, write_function(tmp_path, COUNTING), HANDLER_TIMEOUT="0"))
+    fleet = Fleet(config, client, threading.Event(), pool_of(make_invoker(config)))
+    host = fleet._adopt("node-0001")  # noqa: SLF001
+    assert host.runtime.config.env_checkpoint_seconds == config.host_env_checkpoint_seconds == 10.0
+    assert config.env_checkpoint_seconds == 1.0  # the plain keys' runtime keeps its own
 
 
 def test_host_series_are_capped_and_go_with_their_host():

@@ -9,6 +9,7 @@ from runtime import cursor
 from runtime.checkpoint import Checkpoint, parse
 from runtime.config import ConfigError, DashboardConfig, RedisSettings, RuntimeConfig
 from runtime.cursor import PollCursor, StreamCursor
+from runtime.loop import next_due
 from runtime.observe import STALL_SECONDS, Health
 from runtime.requirements import pip_explanation
 
@@ -84,3 +85,18 @@ def test_pip_explanation_keeps_the_cause_lines_and_drops_progress():
              "ERROR: No matching distribution found for b\n"
     assert pip_explanation(output) == ("ERROR: Could not find a version that satisfies b\n"
                                        "ERROR: No matching distribution found for b")
+
+
+def test_the_env_is_stored_in_step_with_its_period_however_late_the_commit_came():
+    assert next_due(100.0, 10.0, 103.0) == 110.0  # a round that ran 3 s late does not shift the next store
+    assert next_due(100.0, 10.0, 135.0) == 140.0  # after a silence: the next whole period on
+    assert next_due(108.0, 10.0, 103.0) == 108.0  # stored before it was due (a first commit): the phase stays
+    assert next_due(100.0, 0.0, 103.0) == 103.0  # ENV_CHECKPOINT_SECONDS=0: with every commit
+
+
+def test_registered_hosts_store_their_env_every_ten_seconds_unless_told_otherwise():
+    default = RuntimeConfig.from_env({})
+    assert (default.env_checkpoint_seconds, default.host_env_checkpoint_seconds) == (1.0, 10.0)
+    told = RuntimeConfig.from_env({"ENV_CHECKPOINT_SECONDS": "3"})
+    assert (told.env_checkpoint_seconds, told.host_env_checkpoint_seconds) == (3.0, 3.0)
+    assert RuntimeConfig.from_env({"RETENTION_SECONDS": "8"}).host_env_checkpoint_seconds == 4.0  # replayable
