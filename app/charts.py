@@ -29,10 +29,15 @@ def _zoom() -> alt.Parameter:
     return alt.selection_interval(bind="scales", encodings=["x"], name="zoom")
 
 
-def _datetime(moment: pd.Timestamp) -> alt.DateTime:
-    """A naive local time as Vega-Lite reads it (the samples are naive local times, as the browser shows)."""
-    return alt.DateTime(year=moment.year, month=moment.month, date=moment.day, hours=moment.hour,
-                        minutes=moment.minute, seconds=moment.second, milliseconds=moment.microsecond // 1000)
+def _datetime(moment: pd.Timestamp) -> alt.ExprRef:
+    """A naive local time as Vega-Lite reads it (the samples are naive local times, as the browser shows).
+
+    An expression, not a DateTime object: Vega-Lite turns a DateTime into this very expression for a typed
+    channel but keeps it raw for an untyped one (the heatmap's `x2`), then warns of two conflicting domains
+    and draws their union from an empty data set ("Infinite extent").
+    """
+    return alt.ExprRef(expr=f"datetime({moment.year}, {moment.month - 1}, {moment.day}, {moment.hour}, "
+                            f"{moment.minute}, {moment.second}, {moment.microsecond // 1000})")
 
 
 def time_format(window: Window) -> str:

@@ -243,6 +243,8 @@ def test_the_heatmap_varies_and_the_window_switch_changes_the_axis(seeded_app):
         changed = lambda a, b: float((np.asarray(a, dtype=int) != np.asarray(b, dtype=int)).any(axis=2).mean())
         assert changed(hour, day) > 0.02, "choosing 24 h did not change the chart"
         assert changed(hour, day) > 5 * changed(hour, hour_later), "the 24 h chart is no more different than a tick"
+        # the heatmap's first draw, its live redraws and two window switches: the console stays clean
+        assert not vega_warnings(console), vega_warnings(console)
 
 
 def test_the_export_files_parse_back_to_the_window(seeded_app, tmp_path):
