@@ -230,9 +230,19 @@ def with_errors(chart: alt.Chart | alt.LayerChart, errors: pd.DataFrame, window:
         x=alt.X("time:T"),
         tooltip=[_tooltip_time(window), alt.Tooltip("fault:N"), alt.Tooltip("message:N")],
     )
-    if isinstance(chart, alt.LayerChart):  # one flat layer: nested layers make Vega-Lite merge domains twice
-        return alt.layer(*chart.layer, marks).resolve_scale(color="independent")
-    return alt.layer(chart, marks)
+    return relayer(chart, above=[marks])
+
+
+def relayer(chart: alt.Chart | alt.LayerChart, below: list[alt.Chart] = (),
+            above: list[alt.Chart] = ()) -> alt.LayerChart:
+    """The chart's layers with more under and over them, in one flat layer (nested layers make Vega-Lite
+    merge domains twice), its title and its height kept at the top, where the page reads them."""
+    inner = list(chart.layer) if isinstance(chart, alt.LayerChart) else [chart]
+    layered = alt.layer(*below, *inner, *above).resolve_scale(color="independent")
+    title = chart.title if chart.title is not alt.Undefined else inner[0].title
+    height = chart.height if chart.height is not alt.Undefined else inner[0].height
+    return layered.properties(**{name: value for name, value in (("title", title), ("height", height))
+                                 if value is not alt.Undefined})
 
 
 def output_series(outputs: pd.DataFrame) -> dict[str, str]:

@@ -15,6 +15,7 @@ from typing import Any
 import altair as alt
 import pandas as pd
 
+TITLE_ROOM = 4  # px above and left of a title: the font's line box reaches past Vega's estimate
 _LOCK = threading.Lock()  # Altair's data transformer and theme are process-wide settings
 
 
@@ -35,7 +36,18 @@ def spec(chart: alt.TopLevelMixin) -> dict[str, Any]:
     with _LOCK, alt.theme.enable("none"), alt.data_transformers.enable("page_datasets", datasets=datasets):
         result = chart.to_dict(validate=False)
     result["datasets"] = datasets
+    _sized(result)
     return result
+
+
+def _sized(result: dict[str, Any]) -> None:
+    """The plot keeps the height its builder gave it; title, axes and legends are drawn around it.
+
+    Streamlit's default ("fit") squeezes them into that height, shrinking the plot and pushing the title up
+    out of the chart's box, where the SVG clips it.
+    """
+    result.setdefault("autosize", {"type": "fit-x", "contains": "padding"})
+    result.setdefault("padding", {"top": TITLE_ROOM, "left": TITLE_ROOM})
 
 
 def show(target, chart: alt.TopLevelMixin, width: int | str = "stretch") -> None:

@@ -196,3 +196,21 @@ def test_every_builder_validates_and_the_page_sends_the_same_spec_unvalidated():
         assert sent["mark"] == validated["mark"] and sent["encoding"] == validated["encoding"]
         (frame,) = sent["datasets"].values()
         assert isinstance(frame, pd.DataFrame) and len(frame) == len(validated["datasets"][validated["data"]["name"]])
+
+
+def test_a_layered_chart_keeps_its_title_and_height_and_the_page_draws_decorations_around_the_plot():
+    """Altair lifts a layer's height to the top; layering again must carry it, or Streamlit draws 350 px."""
+    from app import alerts_view, render
+
+    samples, outputs = frames()
+    events = pd.DataFrame([{"time": samples.index[10], "end": samples.index[20], "kind": "gap", "label": "gap"}])
+    errors = pd.DataFrame({"time": [outputs.index[10]], "fault": ["handler_error"], "message": ["boom"]})
+    periods = pd.DataFrame(columns=["start", "end", "rule", "host", "severity"])
+    thresholds = pd.DataFrame(columns=["rule", "threshold", "op", "severity"])
+    memory = charts.annotated(charts.memory_chart(samples, window()), events, window())
+    for chart in (alerts_view.with_alerts(memory, thresholds, periods), charts.with_errors(memory, errors, window())):
+        spec = chart.to_dict()
+        assert (spec["title"], spec["height"]) == ("Virtual memory", charts.HEIGHT)
+        assert all("layer" not in layer for layer in spec["layer"])  # one flat layer
+    sent = render.spec(charts.memory_chart(samples, window()))
+    assert sent["autosize"]["type"] == "fit-x"  # the height is the plot's: title and legend come on top
