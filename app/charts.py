@@ -8,6 +8,7 @@ which Vega-Lite draws as breaks in a line, never as a ramp.
 from __future__ import annotations
 
 import altair as alt
+import numpy as np
 import pandas as pd
 
 from app.timeline import Window
@@ -68,9 +69,12 @@ def tidy(frame: pd.DataFrame, columns: dict[str, str], keep_gaps: bool = True) -
     if not present:
         return pd.DataFrame({"time": pd.Series(dtype="datetime64[ns]"), "series": pd.Series(dtype=str),
                              "value": pd.Series(dtype=float)})
-    long = frame[list(present)].astype("float64").rename(columns=present).rename_axis("time").reset_index()
-    long = long.melt(id_vars="time", var_name="series", value_name="value")
-    return long if keep_gaps else long.dropna(subset=["value"])
+    # What DataFrame.melt gives, built from arrays: melt costs a few ms a chart, every chart, every tick.
+    values = frame[list(present)].to_numpy(dtype="float64")
+    long = pd.DataFrame({"time": np.tile(frame.index.to_numpy(), len(present)),
+                         "series": np.repeat(np.array(list(present.values()), dtype=object), len(frame)),
+                         "value": values.ravel(order="F")})
+    return long if keep_gaps else long.dropna(subset=["value"]).reset_index(drop=True)
 
 
 def cpu_frame(samples: pd.DataFrame, outputs: pd.DataFrame) -> pd.DataFrame:

@@ -2,7 +2,7 @@
 
 `st.altair_chart` validates each spec against the Vega-Lite JSON schema, which costs more than
 building the chart (about 40 ms a chart, 16 charts a tick). The builders' specs are checked once by
-the tests (`to_dict()` validates there); the page sends them unvalidated, data apart as DataFrames
+the tests (`to_dict()` validates there); the page builds and sends them unvalidated, data apart as DataFrames
 that Streamlit turns into Arrow tables, exactly as `st.altair_chart` would.
 """
 
@@ -28,6 +28,9 @@ def _by_name(data: pd.DataFrame, datasets: dict[str, Any]) -> dict[str, str]:
 
 
 alt.data_transformers.register("page_datasets", _by_name)
+# Altair also validates every axis, scale and parameter as it is built ("debug mode"): a fifth of a tick's
+# CPU spent on the same fixed builders every 2 s. Whole specs are validated by the tests' `to_dict()`.
+alt.utils.schemapi.disable_debug_mode()
 
 
 def spec(chart: alt.TopLevelMixin) -> dict[str, Any]:
