@@ -18,6 +18,7 @@ import altair as alt
 import pandas as pd
 import redis
 
+from app.charts import relayer
 from runtime import schema
 from runtime.alerts.config import alert_keys
 from runtime.status import STALE_AFTER_SECONDS, parse_instant, seconds_since
@@ -262,11 +263,8 @@ def with_alerts(chart: alt.Chart | alt.LayerChart, thresholds: pd.DataFrame,
     """The chart with firing periods shaded under it (always, empty or not: alerts starting and ending do
     not change the spec) and its rules' thresholds over it (a layer while a rule concerns the chart: an
     empty one makes Vega warn of an infinite extent); the title moves to the top."""
-    inner = list(chart.layer) if isinstance(chart, alt.LayerChart) else [chart]
-    title = inner[0].title
     over = [threshold_layer(thresholds)] if len(thresholds) else []
-    layered = alt.layer(firing_layer(periods), *inner, *over).resolve_scale(color="independent")
-    return layered.properties(title=title) if title is not alt.Undefined else layered
+    return relayer(chart, below=[firing_layer(periods)], above=over)
 
 
 def _severity_color() -> alt.Color:

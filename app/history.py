@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import pandas as pd
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 
 FIRST_READ = 5_000  # entries read before the first paint; older ones follow in the background
 READ_CHUNK = 10_000  # entries per XRANGE call while catching up
+# The background read waits this long before it starts: parsing a day of entries takes seconds of CPU, and
+# started at once it took half the process (the GIL) from the first paint it was meant to speed up.
+BACKFILL_DELAY_SECONDS = 1.0
 HISTORY_SECONDS = 24 * 3600
 
 
@@ -94,6 +98,7 @@ class StreamHistory:
 
     def _read_older(self, client: redis.Redis, need_from_ms: int) -> None:
         """Background: the entries from `need_from_ms` up to the oldest one loaded, joined in one step."""
+        time.sleep(BACKFILL_DELAY_SECONDS)  # after the first paint
         try:
             parts, start = [], str(need_from_ms)
             while True:

@@ -128,6 +128,9 @@ def windows(server, keys: schema.Keys, raw_keys: schema.Keys, client: redis.Redi
         cold, cold_complete = first_paint(server.connection_url, keys, seconds)
         cold_raw, cold_raw_complete = first_paint(server.connection_url, raw_keys, seconds)
         store = data.MetricsStore(RedisSettings(server.connection_url), keys)
+        paint(store, seconds)
+        while store.snapshot(seconds).loading:  # live ticks: once the history is in, as a page open a while
+            time.sleep(0.05)
         size, points = paint(store, seconds)
         tick = timed(lambda: paint(store, seconds), repeat=5)
         cpu_started = time.process_time()

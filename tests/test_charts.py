@@ -60,6 +60,8 @@ def test_heatmap_cells_cover_their_own_time_bucket_and_vary_with_the_data():
     spec = charts.cpu_heatmap(charts.cpu_frame(small, pd.DataFrame()), win, bucket).to_dict()
     assert spec["mark"]["type"] == "rect"
     assert spec["encoding"]["x2"]["field"] == "time_end"
+    # the untyped x2 reads the domain as written: an expression reads the same there as on x (no conflict)
+    assert all(set(bound) == {"expr"} for bound in spec["encoding"]["x"]["scale"]["domain"])
     cells = rows(spec)
     core0 = cells[cells["core"] == "cpu0"]
     assert len(core0) == 60 and core0["value"].nunique() > 30  # not one flat colour per core
@@ -73,9 +75,9 @@ def test_the_time_axis_spans_the_window_and_shows_dates_across_midnight():
     hour = charts.memory_chart(samples, window(3600)).to_dict()["encoding"]["x"]
     day = charts.memory_chart(samples, window(86_400)).to_dict()["encoding"]["x"]
     assert hour["scale"]["domain"] != day["scale"]["domain"]
-    start, end = day["scale"]["domain"]
-    assert (end["date"], end["hours"], end["minutes"]) == (28, 14, 10)
-    assert (start["date"], start["hours"]) == (27, 14)
+    start, end = day["scale"]["domain"]  # Vega's datetime(): local time, months counted from 0
+    assert end == {"expr": "datetime(2026, 10, 28, 14, 10, 0, 0)"}
+    assert start == {"expr": "datetime(2026, 10, 27, 14, 10, 0, 0)"}
     assert hour["axis"]["format"] == "%H:%M" and day["axis"]["format"] == "%d %b %H:%M"
 
 
@@ -194,3 +196,21 @@ def test_every_builder_validates_and_the_page_sends_the_same_spec_unvalidated():
         assert sent["mark"] == validated["mark"] and sent["encoding"] == validated["encoding"]
         (frame,) = sent["datasets"].values()
         assert isinstance(frame, pd.DataFrame) and len(frame) == len(validated["datasets"][validated["data"]["name"]])
+
+
+def test_a_layered_chart_keeps_its_title_and_height_and_the_page_draws_decorations_around_the_plot():
+    """Altair lifts a layer's height to the top; layering again must carry it, or Streamlit draws 350 px."""
+    from app import alerts_view, render
+
+    samples, outputs = frames()
+    events = pd.DataFrame([{"time": samples.index[10], "end": samples.index[20], "kind": "gap", "label": "gap"}])
+    errors = pd.DataFrame({"time": [outputs.index[10]], "fault": ["handler_error"], "message": ["boom"]})
+    periods = pd.DataFrame(columns=["start", "end", "rule", "host", "severity"])
+    thresholds = pd.DataFrame(columns=["rule", "threshold", "op", "severity"])
+    memory = charts.annotated(charts.memory_chart(samples, window()), events, window())
+    for chart in (alerts_view.with_alerts(memory, thresholds, periods), charts.with_errors(memory, errors, window())):
+        spec = chart.to_dict()
+        assert (spec["title"], spec["height"]) == ("Virtual memory", charts.HEIGHT)
+        assert all("layer" not in layer for layer in spec["layer"])  # one flat layer
+    sent = render.spec(charts.memory_chart(samples, window()))
+    assert sent["autosize"]["type"] == "fit-x"  # the height is the plot's: title and legend come on top

@@ -188,6 +188,29 @@ def vega_warnings(console):
     return [text for kind, text in console if kind in ("warning", "error") and ("WARN" in text or "Vega" in text)]
 
 
+def misplaced_titles(page) -> list[str]:
+    """Chart titles drawn outside their chart's box (an SVG clips what lies outside it), cut short with an
+    ellipsis, or over another element of the page (the one above)."""
+    return page.evaluate("""(() => {
+        const inside = (a, b) => a.top >= b.top && a.bottom <= b.bottom && a.left >= b.left && a.right <= b.right;
+        const overlap = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+        const elements = [...document.querySelectorAll('[data-testid="stElementContainer"]')];
+        const problems = [];
+        for (const svg of document.querySelectorAll('.vega-embed svg')) {
+            const own = svg.closest('[data-testid="stElementContainer"]');
+            const box = svg.getBoundingClientRect();
+            for (const title of svg.querySelectorAll('.role-title-text text')) {
+                const text = title.textContent, at = title.getBoundingClientRect();
+                if (!inside(at, box)) problems.push(`"${text}" reaches outside its chart (title ${[at.left, at.top, at.right, at.bottom].map(Math.round)}, chart ${[box.left, box.top, box.right, box.bottom].map(Math.round)})`);
+                if (text.endsWith('…')) problems.push(`"${text}" is cut short`);
+                const over = elements.filter(e => e !== own && !e.contains(own) && overlap(at, e.getBoundingClientRect()));
+                if (over.length) problems.push(`"${text}" lies over another element: ${over[0].innerText.slice(0, 40)}`);
+            }
+        }
+        return problems;
+    })()""")
+
+
 def chart_image(page, index=0):
     from PIL import Image
 
@@ -214,6 +237,8 @@ def test_screenshots_with_nothing_cut_and_no_vega_warnings(seeded_app, width, sc
         outside = page.evaluate("""[...document.querySelectorAll('.vega-embed')]
             .filter(e => e.getBoundingClientRect().right > window.innerWidth).length""")
         assert not outside, f"{outside} charts reach past the window's right edge at {width} px"
+        titles = page.evaluate("document.querySelectorAll('.vega-embed .role-title-text text').length")
+        assert titles >= 9 and not misplaced_titles(page), (width, titles, misplaced_titles(page))
         text = page.locator("body").inner_text()
         assert "are stamped after" not in text and "Traceback" not in text
         assert "Top processes" in text and "More from the host" in text
@@ -243,6 +268,8 @@ def test_the_heatmap_varies_and_the_window_switch_changes_the_axis(seeded_app):
         changed = lambda a, b: float((np.asarray(a, dtype=int) != np.asarray(b, dtype=int)).any(axis=2).mean())
         assert changed(hour, day) > 0.02, "choosing 24 h did not change the chart"
         assert changed(hour, day) > 5 * changed(hour, hour_later), "the 24 h chart is no more different than a tick"
+        # the heatmap's first draw, its live redraws and two window switches: the console stays clean
+        assert not vega_warnings(console), vega_warnings(console)
 
 
 def test_the_export_files_parse_back_to_the_window(seeded_app, tmp_path):
