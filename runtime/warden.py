@@ -15,6 +15,8 @@ import signal
 import sys
 import time
 
+import psutil  # before any signal can come: importing it inside the handler could be interrupted by the next
+
 from runtime.sandbox import become_subreaper, die_with_parent
 
 KILL_PATIENCE = 5.0  # seconds to wait for the tree to go: a process stuck in the kernel is left behind
@@ -26,8 +28,6 @@ def kill_descendants(patience: float = KILL_PATIENCE) -> None:
     Killed processes cannot fork; orphans of killed parents come to us (the subreaper), so each round
     finds what the last one missed.
     """
-    import psutil  # only when needed: the warden waits small
-
     me = psutil.Process()
     deadline = time.monotonic() + patience
     while time.monotonic() < deadline:
@@ -68,8 +68,11 @@ def _end_as(status: int) -> None:
 
 
 def _stop(signum: int, frame: object) -> None:
-    kill_descendants()
-    os._exit(128 + signum)
+    signal.signal(signum, signal.SIG_IGN)  # a second request (the runtime's, then its death) must not re-enter
+    try:
+        kill_descendants()
+    finally:
+        os._exit(128 + signum)
 
 
 def _run_worker(argv: list[str], warden: int) -> None:
