@@ -255,6 +255,8 @@ class Runtime:
         except InvocationLost as lost:
             self._forget_batch(run[len(done)], lost.error)
             return None
+        except EnvLost:  # the worker was found dead as the batch went out: no sample's fault, rewind
+            raise
         except Exception as error:  # the runtime's side failed at this sample: record it, skip it next time
             self._forget_batch(run[len(done)], record(Fault.WORKER_DIED, f"the runtime failed while this sample "
                                                       f"ran: {type(error).__name__}: {error}", None, None))

@@ -59,6 +59,7 @@ class Worker:
         self._retry = Retry()
         self._unbuffered_next = False
         self._handler_pid: int | None = None
+        self._exit_code: int | str | None = None  # of the last worker found ended
 
     # --- the Invoker interface -------------------------------------------------------------------
 
@@ -106,9 +107,8 @@ class Worker:
         blobs = [_raw_bytes(r.raw) for _, requests, _ in batches for r in requests]
         try:
             self._send({"op": "batches", "batches": parts, "id": None}, blobs)
-        except InvocationLost as lost:  # it died between the check and the send: while idle
-            self._kill()
-            raise EnvLost(lost.error) from None
+        except InvocationLost:  # it died between the check and the send: while idle
+            raise self._died_idle() from None
         return [part["id"] for part in parts]
 
     def receive_batch(self, first: int, requests: Sequence[Request], context: str | None = None) -> Iterator[Outcome]:
@@ -148,9 +148,8 @@ class Worker:
                    "requests": [[r.entry_id, r.problem, r.raw is not None] for r in requests], "context": context}
         try:
             self._send(message, [_raw_bytes(r.raw) for r in requests])
-        except InvocationLost as lost:  # it died between the check and the send: while idle, no sample's fault
-            self._kill()
-            raise EnvLost(lost.error) from None
+        except InvocationLost:  # it died between the check and the send: while idle, no sample's fault
+            raise self._died_idle() from None
         return first
 
     def env_data(self) -> EnvData:
@@ -219,13 +218,16 @@ class Worker:
     def _restart_dead_worker(self) -> None:
         """A worker gone between batches: EnvLost (the env it held died with it); never started: start one."""
         if self._process is not None:
-            code = self._process.poll()
-            log.warning("worker_died_idle pid=%d exit_code=%s: the runtime rewinds to its checkpoint",
-                        self._process.pid, code)
-            self._kill()
-            raise EnvLost(record(Fault.WORKER_DIED, f"the handler's process ended while idle (exit code {code}); "
-                                 "context.env is restored from the checkpoint", None, None))
+            self._exit_code = self._process.poll()
+            raise self._died_idle()
         self.refresh()
+
+    def _died_idle(self) -> EnvLost:
+        """What a worker found dead between batches costs: no sample, the env since the checkpoint."""
+        log.warning("worker_died_idle exit_code=%s: the runtime rewinds to its checkpoint", self._exit_code)
+        self._kill()
+        return EnvLost(record(Fault.WORKER_DIED, f"the handler's process ended while idle (exit code "
+                              f"{self._exit_code}); context.env is restored from the checkpoint", None, None))
 
     def _alive(self) -> bool:
         return not wait_for_exit(self._process, 0)
@@ -288,7 +290,7 @@ class Worker:
         process = self._process
         ended = process is not None and wait_for_exit(process, EXIT_GRACE)
         self._kill()
-        code = process.returncode if ended else "none, it was stopped"
+        code = self._exit_code = process.returncode if ended else "none, it was stopped"
         raise InvocationLost(record(Fault.WORKER_DIED, f"the handler's process ended (exit code {code}): "
                                     f"os._exit(), a crash or running out of memory; {how}", None, None))
 
