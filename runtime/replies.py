@@ -35,9 +35,12 @@ class Replies:
         self._running = threading.Event()  # set while a batch runs: the flusher sleeps otherwise
         threading.Thread(target=self._flusher, name="reply-flusher", daemon=True).start()
 
-    def begin(self, buffered: bool) -> None:
+    def begin(self, buffered: bool, count: int) -> None:
+        """A batch of `count` invocations starts. One alone needs no flusher: its reply is the last, sent at once
+        (and waking the flusher would cost a thread switch while the handler runs)."""
         self.buffered = buffered
-        self._running.set()
+        if count > 1:
+            self._running.set()
 
     def add(self, reply: Any, last: bool) -> None:
         """Queue one reply; send the queue if it is the batch's last, unbuffered, or the oldest waited enough."""

@@ -78,7 +78,7 @@ class Server:
     def run_batch(self, first: int, requests: list[list[Any]], raws: list[bytes], with_env: bool = True,
                   buffered: bool = True, context_id: str | None = None) -> None:
         context, settings = self.context_of(context_id)
-        self.replies.begin(buffered)
+        self.replies.begin(buffered, len(requests))
         last = len(requests) - 1
         for index, ((entry_id, problem, has_raw), raw) in enumerate(zip(requests, raws)):
             request = Request(entry_id, raw if has_raw else None, problem)
