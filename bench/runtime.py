@@ -6,9 +6,10 @@
     python -m bench.runtime idle         # CPU at one sample per 5 s, ours beside the baseline
     python -m bench.runtime rate         # usermodule.py at 100 samples/s: lag with its env stored less often
 
-Freshness runs three consumers on the same samples at once: our runtime on the stream, our runtime
-polling the plain key (INTERVAL=5), and the baseline that behaves like the reference (GET every 5 s,
-re-running the handler on unchanged input).
+Freshness runs its consumers on the same samples at once: our runtime on the stream (with its worker
+and in-process), our runtime polling the plain key (INTERVAL=5), the baseline that behaves like the
+reference (GET every 5 s, re-running the handler on unchanged input), and the floor: a bare Python
+relay (bench/relay.py) that only copies each timestamp to its output stream.
 """
 
 from __future__ import annotations
@@ -119,6 +120,8 @@ def freshness() -> dict:
                                         "runtime", True),
             "baseline (reference, INTERVAL=5)": ({"REDIS_INPUT_KEY": "plain", "REDIS_OUTPUT_KEY": "f-base",
                                                   "INTERVAL": "5"}, "bench.baseline", False),
+            "floor: a bare relay, no handler": ({"REDIS_INPUT_KEY": "metrics", "REDIS_OUTPUT_KEY": "f-relay"},
+                                                "bench.relay", True),
         }
         processes = [spawn(module, {**base, **env}) for env, module, _ in consumers.values()]
         try:
