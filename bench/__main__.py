@@ -17,7 +17,7 @@ def load(name: str) -> dict:
 
 
 def main() -> int:
-    runtime.main(["runtime"])
+    runtime.main(["runtime", "freshness", "throughput"])  # saved as runtime-freshness-throughput
     overhead.main(["overhead", "60"])
     storage.main()
     dashboard.main()
@@ -43,9 +43,12 @@ def main() -> int:
         ["collector at 1 s CPU / memory", "≤ 1 % / ≤ 50 MB",
          f"{collector['cpu_percent']:.2f} % / {collector['pss_mb']:.0f} MB", "", "",
          _met(collector["cpu_percent"] <= 1 and collector["pss_mb"] <= 50)],
-        ["dashboard tick, 24 h of 1 s samples", "≤ 1 s, ≤ 2,000 points", f"{day['tick_ms']:,.0f} ms, "
-         f"{day['points_per_series']:,} points", f"{day['baseline_tick_ms']:,.0f} ms, 86,400 points",
-         f"{day['baseline_tick_ms'] / day['tick_ms']:,.0f}x", _met(day["tick_ms"] <= 1000 and day["points_per_series"] <= 2000)],
+        ["dashboard first paint, 24 h of 1 s samples", "≤ 1 s", f"{day['first_paint_ms']:,.0f} ms",
+         f"{day['baseline_reread_ms']:,.0f} ms re-reading the stream",
+         f"{day['baseline_reread_ms'] / day['first_paint_ms']:,.0f}x", _met(day["first_paint_ms"] <= 1000)],
+        ["dashboard live tick, 24 h of 1 s samples", "≤ 300 ms, ≤ 2,000 points", f"{day['tick_ms']:,.0f} ms, "
+         f"{day['points_per_series']:,} points", f"{day['baseline_reread_ms']:,.0f} ms, 86,400 points",
+         f"{day['baseline_reread_ms'] / day['tick_ms']:,.0f}x", _met(day["tick_ms"] <= 300 and day["points_per_series"] <= 2000)],
         ["Redis memory per day, 1 s / 5 s", "", f"{sum(size['per_day_at_1s_mib'].values()):,.0f} / "
          f"{sum(size['per_day_at_5s_mib'].values()):,.0f} MiB", "no history", "", ""],
     ]
