@@ -60,10 +60,12 @@ def _tooltip_time(window: Window, field: str = "time") -> alt.Tooltip:
     return alt.Tooltip(f"{field}:T", title="time", format="%d %b %H:%M:%S" if days else "%H:%M:%S")
 
 
-def tidy(frame: pd.DataFrame, columns: dict[str, str], keep_gaps: bool = True) -> pd.DataFrame:
+def tidy(frame: pd.DataFrame, columns: dict[str, str], drop_missing: bool = False) -> pd.DataFrame:
     """Wide columns to long rows (`time`, `series`, `value`); `columns` maps column -> series name.
 
-    Rows of NaN stay (they break the lines at gaps) unless `keep_gaps` is False.
+    Rows of NaN stay: they break the lines at gaps. With `drop_missing`, values missing from a row that
+    has others (a field not sent with every sample) are left out, but the empty rows that mark gaps
+    (timeline.break_gaps) stay, so a stacked area breaks there too instead of ramping across.
     """
     present = {c: name for c, name in columns.items() if c in frame.columns}
     if not present:
@@ -74,7 +76,10 @@ def tidy(frame: pd.DataFrame, columns: dict[str, str], keep_gaps: bool = True) -
     long = pd.DataFrame({"time": np.tile(frame.index.to_numpy(), len(present)),
                          "series": np.repeat(np.array(list(present.values()), dtype=object), len(frame)),
                          "value": values.ravel(order="F")})
-    return long if keep_gaps else long.dropna(subset=["value"]).reset_index(drop=True)
+    if not drop_missing:
+        return long
+    gap_rows = np.tile(frame.isna().all(axis=1).to_numpy(), len(present))
+    return long[long["value"].notna().to_numpy() | gap_rows].reset_index(drop=True)
 
 
 def cpu_frame(samples: pd.DataFrame, outputs: pd.DataFrame) -> pd.DataFrame:

@@ -138,7 +138,7 @@ def extra_panels(snapshot: Snapshot, view: views.View, window: Window) -> None:
         builders.append(lambda: charts.line_chart(charts.tidy(small, {c: "swap used" for c in swap}), window,
                                                   "Swap", "% used", zero=True))
     if split := views.group(columns, "cpu_times"):
-        builders.append(lambda: charts.area_chart(charts.tidy(small, split, keep_gaps=False), window,
+        builders.append(lambda: charts.area_chart(charts.tidy(small, split, drop_missing=True), window,
                                                   "CPU time split", "% of CPU time"))
     if disk_bytes := views.disk_rates(columns, ("read_bytes", "write_bytes")):
         builders.append(lambda: charts.line_chart(charts.tidy(small, disk_bytes), window, "Disk I/O",
@@ -150,7 +150,7 @@ def extra_panels(snapshot: Snapshot, view: views.View, window: Window) -> None:
         builders.append(lambda: charts.line_chart(charts.tidy(small, temps), window, "Temperatures", "°C"))
     if mounts := views.group(snapshot.samples.columns, "filesystems"):
         latest = snapshot.samples[list(mounts)].ffill().tail(1)
-        builders.append(lambda: charts.usage_bars(charts.tidy(latest, mounts, keep_gaps=False),
+        builders.append(lambda: charts.usage_bars(charts.tidy(latest, mounts, drop_missing=True),
                                                   "File systems"))
     if builders:
         st.subheader("More from the host")

@@ -91,6 +91,22 @@ def test_gaps_break_lines_instead_of_bridging_them():
     assert "invalid" not in spec["mark"] or spec["mark"]["invalid"] != "filter"
 
 
+def test_the_cpu_time_split_breaks_at_gaps_and_skips_samples_without_it():
+    """A stacked area: the hole's empty row stays (a break), a sample sent without extras is left out."""
+    index = pd.date_range("2026-11-29 10:00", periods=20, freq="5s", name="time").delete(range(8, 14))
+    split = {"cpu_times_percent-user": "user", "cpu_times_percent-system": "system"}
+    frame = pd.DataFrame({schema.N_PIDS: np.arange(14.0), "cpu_times_percent-user": 30.0,
+                          "cpu_times_percent-system": 10.0}, index=index)
+    frame.iloc[2, 1:] = np.nan  # that sample came without the extras
+    data = charts.tidy(timeline.break_gaps(frame, 5.0), split, drop_missing=True)
+    spec = charts.area_chart(data, timeline.Window.last(120, index[-1].to_pydatetime()), "CPU time split",
+                             "% of CPU time").to_dict()
+    values = rows(spec)
+    hole = pd.to_datetime(values[values["value"].isna()]["time"])
+    assert len(hole) == 2 and (hole > index[7]).all() and (hole < index[8]).all()
+    assert len(values) == 2 * (14 - 1) + 2
+
+
 def test_a_single_series_has_no_legend_and_a_flat_one_a_sensible_domain():
     index = pd.date_range("2026-11-29 10:00", periods=30, freq="s", name="time")
     flat = pd.DataFrame({schema.CPU_FREQ: [2400.0] * 30}, index=index)
