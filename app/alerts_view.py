@@ -20,7 +20,6 @@ import redis
 
 from app.charts import relayer
 from runtime import schema
-from runtime.alerts.config import alert_keys
 from runtime.status import STALE_AFTER_SECONDS, parse_instant, seconds_since
 
 RECENT = 200  # transitions read for "recent alerts"
@@ -47,7 +46,7 @@ class AlertsSnapshot:
 def read_alerts(client: redis.Redis, keys: schema.Keys, now: datetime | None = None) -> AlertsSnapshot:
     """The page's one call, one round trip: status, states, recent transitions, periods (open ones end at
     `now`), thresholds. Never raises for Redis: a key that cannot be read reads as empty, with a problem."""
-    names = alert_keys(keys)
+    names = keys.alerts
     problems: list[str] = []
     try:
         pipe = client.pipeline(transaction=False)
@@ -103,7 +102,7 @@ class EvaluatorView:
 
 def read_evaluator(client: redis.Redis, keys: schema.Keys) -> EvaluatorView:
     """The evaluator's status hash; malformed fields read as empty, never raise."""
-    return parse_evaluator(client.hgetall(alert_keys(keys).status))
+    return parse_evaluator(client.hgetall(keys.alerts.status))
 
 
 def parse_evaluator(raw: dict[str, str]) -> EvaluatorView:
@@ -137,7 +136,7 @@ def rule_thresholds(view: EvaluatorView) -> pd.DataFrame:
 
 def read_states(client: redis.Redis, keys: schema.Keys, view: EvaluatorView | None = None) -> pd.DataFrame:
     """Pending and firing alerts now: since when, last value, severity and threshold of their rule."""
-    return parse_states(client.hgetall(alert_keys(keys).states), view or read_evaluator(client, keys))
+    return parse_states(client.hgetall(keys.alerts.states), view or read_evaluator(client, keys))
 
 
 def parse_states(raw: dict[str, str], view: EvaluatorView) -> pd.DataFrame:
@@ -160,7 +159,7 @@ def parse_states(raw: dict[str, str], view: EvaluatorView) -> pd.DataFrame:
 
 def read_transitions(client: redis.Redis, keys: schema.Keys, count: int = RECENT) -> pd.DataFrame:
     """The newest `count` transitions, oldest first; malformed entries are skipped."""
-    return parse_transitions(client.xrevrange(alert_keys(keys).transitions, count=count))
+    return parse_transitions(client.xrevrange(keys.alerts.transitions, count=count))
 
 
 def parse_transitions(newest_first: list) -> pd.DataFrame:

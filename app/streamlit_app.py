@@ -193,7 +193,7 @@ def live_panels() -> None:
         snapshot = read()
         alerts = alerts_view.read_alerts(base_store.client, settings.keys, snapshot and snapshot.window.end)
         with top:
-            panels.alerts_panel(alerts, alerts_view.alert_keys(settings.keys).status)
+            panels.alerts_panel(alerts, settings.keys.alerts.status)
         if snapshot is None:
             return
         draw(snapshot, alerts)

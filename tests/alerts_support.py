@@ -13,12 +13,12 @@ from pathlib import Path
 import redis
 
 from runtime import schema
-from runtime.alerts.config import AlertsConfig, alert_keys
+from runtime.alerts.config import AlertsConfig
 from runtime.alerts.service import Evaluator
 from runtime.config import connect
 from tests.conftest import running_in_thread
 
-KEYS = alert_keys(schema.Keys())
+KEYS = schema.Keys().alerts
 
 
 def write_rules(directory: Path, text: str, name: str = "alerts.yaml") -> Path:

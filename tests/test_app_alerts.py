@@ -6,7 +6,6 @@ from datetime import datetime, timedelta
 import redis
 
 from runtime import schema
-from runtime.alerts.config import alert_keys
 from runtime.collector import Publisher
 from runtime.config import RedisSettings, connect
 from tests.alerts_support import KEYS, alerts_env, running_evaluator, write_rules
@@ -91,7 +90,7 @@ def test_each_hosts_alert_state_is_a_column_of_the_all_hosts_table(client, redis
 
 def test_a_poisoned_alerts_key_costs_a_note_not_the_page(client, redis_url, page, tmp_path):
     publish(client, recent_samples(10))
-    keys = alert_keys(schema.Keys())
+    keys = schema.Keys().alerts
     client.set(keys.states, "not a hash")
     raw = redis.Redis.from_url(redis_url)
     raw.xadd(keys.transitions, {b"rule": b"m\xffem", b"at_ms": b"1000", b"phase": b"firing", b"host": b"\xfe"})

@@ -16,14 +16,6 @@ DEFAULT_GRACE_SECONDS = 120.0  # a rule whose value has not appeared by then is 
 DEFAULT_WEBHOOK_TIMEOUT = 5.0
 
 
-AlertKeys = schema.AlertKeys
-
-
-def alert_keys(keys: schema.Keys) -> AlertKeys:
-    """The evaluator's keys for one input key (named in the schema module, like every key)."""
-    return keys.alerts
-
-
 @dataclass(frozen=True)
 class AlertsConfig:
     redis: RedisSettings
@@ -36,10 +28,6 @@ class AlertsConfig:
     webhook_timeout: float = DEFAULT_WEBHOOK_TIMEOUT
     external_url: str = ""  # where people look at alerts: the dashboard's address, for the payload
     start_from_earliest: bool = False
-
-    @property
-    def alert_keys(self) -> AlertKeys:
-        return alert_keys(self.keys)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AlertsConfig:

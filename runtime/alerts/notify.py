@@ -23,8 +23,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis
 
-from runtime import keytypes
-from runtime.alerts.config import AlertKeys, AlertsConfig, safe_url
+from runtime import keytypes, schema
+from runtime.alerts.config import AlertsConfig, safe_url
 from runtime.alerts.evaluate import NOTIFIED, Phase
 from runtime.lease import Lease
 from runtime.status import now_text
@@ -102,7 +102,7 @@ class Receiver(threading.Thread):
         super().__init__(name=f"webhook-{safe_url(url)}", daemon=True)
         self.url, self.shown, self.field = url, safe_url(url), delivery_field(url)
         self.config, self.client, self.lease, self.stop = config, client, lease, stop
-        self.keys: AlertKeys = config.alert_keys
+        self.keys: schema.AlertKeys = config.keys.alerts
         self.wake = threading.Event()
         self.on_result = on_result or (lambda url, ok: None)
         self.failing_since: str | None = None
@@ -179,10 +179,10 @@ def start_receivers(config: AlertsConfig, client: redis.Redis, lease: Lease, sto
     """A thread per webhook; a webhook never seen before starts after the newest transition."""
     if not config.webhooks:
         return []
-    keytypes.check(client, config.alert_keys.transitions, "stream")  # KeyTypeError: the evaluator reports it
-    newest = client.xrevrange(config.alert_keys.transitions, count=1)
+    keytypes.check(client, config.keys.alerts.transitions, "stream")  # KeyTypeError: the evaluator reports it
+    newest = client.xrevrange(config.keys.alerts.transitions, count=1)
     for url in config.webhooks:
-        client.hsetnx(config.alert_keys.deliveries, delivery_field(url), newest[0][0] if newest else "0-0")
+        client.hsetnx(config.keys.alerts.deliveries, delivery_field(url), newest[0][0] if newest else "0-0")
     receivers = [Receiver(url, config, client, lease, stop, on_result) for url in config.webhooks]
     for receiver in receivers:
         receiver.start()

@@ -47,7 +47,7 @@ class Evaluator:
     def __init__(self, config: AlertsConfig, client: redis.Redis, stop: threading.Event,
                  metrics: AlertsMetrics | None = None) -> None:
         self.config, self.client, self.stop = config, client, stop
-        self.keys = config.alert_keys
+        self.keys = config.keys.alerts
         self.lease = Lease(client, self.keys.lease, config.lease_seconds)
         self.store = AlertStore(client, self.keys, self.lease)
         self.watcher = RuleWatcher(config.rules_path)

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 
 import redis
 
-from runtime.alerts.config import AlertKeys
 from runtime.alerts.evaluate import AlertState, Phase, Transition
-from runtime import keytypes
+from runtime import keytypes, schema
 from runtime.keytypes import KeyTypeError
 from runtime.lease import Lease, LeaseLost
 
@@ -94,7 +93,7 @@ def state_field(rule: str, host: str) -> str:
 
 
 class AlertStore:
-    def __init__(self, client: redis.Redis, keys: AlertKeys, lease: Lease) -> None:
+    def __init__(self, client: redis.Redis, keys: schema.AlertKeys, lease: Lease) -> None:
         self.client = client
         self.keys = keys
         self.lease = lease
