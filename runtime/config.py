@@ -18,7 +18,7 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from runtime import schema
+from runtime import logs, schema
 
 T = TypeVar("T")
 
@@ -178,9 +178,9 @@ def start_role(role: str, parse: Callable[[], T]) -> tuple[T, threading.Event] |
 def configure_logging(env: Mapping[str, str]) -> None:
     """One line per event, greppable `key=value` fields; the level from LOG_LEVEL."""
     level = env.get("LOG_LEVEL", "INFO").upper()
-    if level not in logging.getLevelNamesMapping():
-        raise ConfigError(f"LOG_LEVEL={level!r} is not one of DEBUG, INFO, WARNING, ERROR")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
+    if level not in logs.LEVELS:
+        raise ConfigError(f"LOG_LEVEL={level!r} is not one of {', '.join(logs.LEVELS)}")
+    logs.configure(level)
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from runtime import logs
 from runtime.capture import Tail
 from runtime.channel import Channel, ChannelClosed
-from runtime.config import configure_logging
 from runtime.context import Context
 from runtime.function import FunctionSource
 from runtime.invoke import OUTCOME_FIELDS, OUTPUT_TAIL, FunctionSettings, Request, call, decode_env, encode_env
@@ -133,7 +133,7 @@ def _quiet_standard_streams() -> TextIO:
 
 
 def _configure(log_stream: TextIO, settings: FunctionSettings) -> None:
-    configure_logging(os.environ)  # the runtime's format and level: one formatted line per event
+    logs.configure(os.environ.get("LOG_LEVEL", "INFO"))  # the runtime's format and level (it checked the level)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler):
             handler.setStream(log_stream)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import REPO_DIR
@@ -69,3 +71,10 @@ def test_no_runtime_function_is_longer_than_a_screenful():
                 if length > LONGEST_FUNCTION:
                     long.append(f"{path.relative_to(REPO_DIR)}:{node.lineno} {node.name} ({length} lines)")
     assert not long, long
+
+
+def test_the_worker_and_its_warden_import_no_redis_client():
+    """They never talk to Redis: the client (with asyncio, ssl, cryptography) cost the worker 10 MB."""
+    check = "import sys, runtime.warden, runtime.serve; print(sorted({'redis', 'asyncio', 'ssl'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", check], cwd=REPO_DIR, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
