@@ -160,13 +160,12 @@ def value_domain(values: pd.Series, zero: bool) -> list[float] | None:
     if finite.empty:
         return None
     low, high = float(finite.min()), float(finite.max())
-    if zero:
-        low = min(low, 0.0)
-    spread = high - low
-    if spread >= 0.02 * max(abs(high), 1e-9):
+    if high - low >= 0.02 * max(abs(high), 1e-9):
         return None  # a real range: let Vega-Lite pick nice ticks
+    if zero and high > 0:
+        return [0.0, 2 * high]  # flat above zero: in the middle, not on the frame where a nice domain ends
     pad = max(abs(high) * 0.05, 1.0)
-    return [0.0 if zero else low - pad, high + pad]
+    return [min(low, 0.0) if zero else low - pad, high + pad]
 
 
 def line_chart(data: pd.DataFrame, window: Window, title: str, unit: str, zero: bool = False,

@@ -117,6 +117,17 @@ def test_a_single_series_has_no_legend_and_a_flat_one_a_sensible_domain():
     assert low < 2400 < high and high - low >= 2
 
 
+def test_a_flat_rate_from_zero_is_drawn_inside_the_chart_not_on_its_top_edge():
+    """A steady 200 bytes/s on a zero-based axis: Vega-Lite's nice domain ended at 200, on the frame."""
+    index = pd.date_range("2026-11-29 10:00", periods=30, freq="s", name="time")
+    flat = pd.DataFrame({"in": [200.0] * 30, "out": [200.0] * 30}, index=index)
+    spec = charts.line_chart(charts.tidy(flat, {"in": "in", "out": "out"}),
+                             timeline.Window.last(60, index[-1].to_pydatetime()), "Network throughput", "bytes/s",
+                             zero=True).to_dict()
+    low, high = spec["encoding"]["y"]["scale"]["domain"]
+    assert low == 0 and high >= 1.2 * 200
+
+
 def test_memory_chart_stacks_used_buffers_cached_free_in_gib():
     samples, _ = frames()
     spec = charts.memory_chart(samples, window()).to_dict()
