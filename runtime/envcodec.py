@@ -56,7 +56,12 @@ def loads(text: str) -> Any:
 
 # A value's place in the env, spelled out only for an error: the root's name, or (parent, format, step).
 Place = str | tuple
-PLAIN = frozenset({type(None), bool, int, str})  # stored as they are, at any depth
+NONE = type(None)
+
+
+def _plain_kind(kind: type) -> bool:
+    """None, bool, int or str: stored as they are, at any depth. By identity: a type's == can lie."""
+    return kind is str or kind is int or kind is bool or kind is NONE
 
 
 def where(path: Place) -> str:
@@ -69,12 +74,13 @@ def where(path: Place) -> str:
 
 
 def _plain(value: Any) -> bool:
-    return type(value) in PLAIN or type(value) is float and math.isfinite(value)
+    kind = type(value)
+    return kind is float and math.isfinite(value) or kind is int or kind is str or kind is bool or kind is NONE
 
 
 def _encode(value: Any, path: Place, active: set[int], depth: int) -> Any:
     kind = type(value)
-    if kind in PLAIN:
+    if _plain_kind(kind):
         return value
     if kind is float:
         return value if math.isfinite(value) else {TAG: "float", "v": repr(value)}
@@ -120,7 +126,7 @@ def _encode_container(value: Any, kind: type, path: Place, active: set[int], dep
         encoded = []
         for i, item in enumerate(items):
             kind = type(item)
-            if kind in PLAIN or kind is float and math.isfinite(item):
+            if kind is float and math.isfinite(item) or kind is int or kind is str or kind is bool or kind is NONE:
                 encoded.append(item)
             elif kind is tuple and depth < MAX_DEPTH and all(_plain(part) for part in item):
                 encoded.append({TAG: "tuple", "v": list(item)})
@@ -128,21 +134,20 @@ def _encode_container(value: Any, kind: type, path: Place, active: set[int], dep
                 encoded.append(_encode(item, (path, "[%d]", i), active, depth))
         return encoded
 
-    def one(item, form, step):
-        if _plain(item):
-            return item
-        return _encode(item, (path, form, step), active, depth)
-
-    def pairs(mapping):
-        return [[one(k, " key %r", k), one(v, "[%r]", k)] for k, v in mapping.items()]
+    def pairs(mapping):  # a loop, no helper per item: a level costs as few frames as a list's
+        encoded = []
+        for k, v in mapping.items():
+            encoded.append([k if _plain(k) else _encode(k, (path, " key %r", k), active, depth),
+                            v if _plain(v) else _encode(v, (path, "[%r]", k), active, depth)])
+        return encoded
 
     if kind is list:
         return each(value)
     if kind is dict:
         if all(type(k) is str for k in value) and TAG not in value:
-            return {k: one(v, "[%r]", k) for k, v in value.items()}
+            return {k: v if _plain(v) else _encode(v, (path, "[%r]", k), active, depth) for k, v in value.items()}
         return {TAG: "dict", "v": pairs(value)}
-    if kind in (tuple, set, frozenset):
+    if kind is tuple or kind is set or kind is frozenset:
         return {TAG: kind.__name__, "v": each(value)}
     if kind is collections.deque:
         return {TAG: "deque", "v": each(value), "maxlen": value.maxlen}

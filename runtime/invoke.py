@@ -220,6 +220,10 @@ def encode_env(env: Any) -> tuple[str | None, str | None]:
         return _dumps(envcodec.encode(env), allow_nan=False, separators=(",", ":")), None
     except envcodec.NotDurable as error:
         return None, str(error)
+    except RecursionError:  # deeper than Python follows here (its own stack counts too): not durable, no crash
+        return None, f"env: nested deeper than {envcodec.MAX_DEPTH} levels, or than Python's recursion limit"
+    except Exception as error:  # noqa: BLE001 - a hostile value's own methods (an int past the digit limit…)
+        return None, f"env cannot be stored: {type(error).__name__}: {error}"[:500]
 
 
 def decode_env(text: str | None) -> Any:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from runtime import envcodec
+from runtime.invoke import decode_env, encode_env
 
 
 def round_trip(value):
@@ -119,3 +120,40 @@ values = st.recursive(
 def test_every_supported_value_round_trips(value):
     back = round_trip(value)
     assert back == value and type(back) is type(value)
+
+
+def nested_map(depth):
+    env = {}
+    for _ in range(depth):
+        env = {1: env}  # an int key: written as key/value pairs, the deepest path through the codec
+    return env
+
+
+@pytest.mark.parametrize("depth", [150, 199, 205, 400])
+def test_deep_maps_are_stored_or_reported_never_a_crash(depth):
+    """A depth within MAX_DEPTH is stored; beyond it the env is reported as not durable. Before, maps of
+    non-str keys hit Python's recursion limit first: the worker died, and the host stalled for good."""
+    text, problem = encode_env({"deep": nested_map(depth)})
+    if depth < envcodec.MAX_DEPTH:
+        assert problem is None and decode_env(text) == {"deep": nested_map(depth)}
+    else:
+        assert text is None and "deeper than" in problem
+
+
+def test_an_int_past_the_json_digit_limit_is_not_durable_rather_than_a_crash():
+    text, problem = encode_env({"big": 10 ** 5000})
+    assert text is None and "digits" in problem
+
+
+class EqualsEverything(type):
+    def __eq__(cls, other):
+        return True
+
+    __hash__ = type.__hash__
+
+
+def test_a_type_that_claims_to_equal_every_type_is_not_taken_for_one():
+    """Types are compared by identity: such a list subclass is refused, never written with a tag nobody reads."""
+    sneaky = EqualsEverything("Sneaky", (list,), {})
+    text, problem = encode_env({"a": sneaky([1])})
+    assert text is None and "Sneaky" in problem
