@@ -9,6 +9,7 @@ from runtime.config import RuntimeConfig, connect, start_role
 from runtime.hosts import HostSupervisor
 from runtime.observe import Metrics, Probes, StartingHealth, serve
 from runtime.requirements import RequirementsError, install
+from runtime.worker import adopt_orphans
 
 log = logging.getLogger("runtime")
 
@@ -19,6 +20,7 @@ def main() -> int:
     if started is None:
         return 2
     config, stop = started
+    adopt_orphans()  # before any worker: what a handler's processes leave behind comes back to us
     log.info("starting redis=%s input=%s output=%s function=%s handler=%s timeout=%gs", config.redis.safe_url(),
              config.keys.input, config.keys.output, config.function_path, config.handler_name,
              config.handler_timeout)

@@ -126,6 +126,7 @@ class InvocationLost(Exception):
     def __init__(self, error: dict[str, Any]) -> None:
         super().__init__(error["message"])
         self.error = error
+        self.index: int | None = None  # the batch's invocation it was, where the worker's progress tells
 
 
 # Bound once, when the runtime imports this module and before any user code runs: a handler that

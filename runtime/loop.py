@@ -252,8 +252,8 @@ class Runtime:
             for sample, outcome in zip(run, self.invoker.invoke_batch([s.request() for s in run], with_env)):
                 self.metrics.duration.observe(outcome.duration)
                 done.append((sample, outcome))
-        except InvocationLost as lost:
-            self._forget_batch(run[len(done)], lost.error)
+        except InvocationLost as lost:  # the samples before the lost one run again from the checkpoint
+            self._forget_batch(run[lost.index if lost.index is not None else len(done)], lost.error)
             return None
         except EnvLost:  # the worker was found dead as the batch went out: no sample's fault, rewind
             raise

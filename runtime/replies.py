@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from runtime.channel import Channel, ChannelClosed
+from runtime.progress import Mark
 
 FLUSH_AFTER = 0.001  # seconds a reply may wait for company
 
@@ -26,8 +27,9 @@ _exit, _monotonic, _sleep = os._exit, time.monotonic, time.sleep  # bound before
 class Replies:
     """Buffered replies on a channel, flushed by size of wait, at the end of a batch, or by the flusher."""
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, mark: Mark) -> None:
         self.channel = channel
+        self.mark = mark
         self.buffered = True  # False: every reply goes out at once (the batch after a lost invocation)
         self._lock = threading.Lock()
         self._pending: list[Any] = []
@@ -62,7 +64,9 @@ class Replies:
         pending, self._pending = self._pending, []
         try:
             self.channel.send_many(pending)
-        except ChannelClosed:  # the runtime is gone
+        except ChannelClosed:  # the runtime is gone, or a handler broke the socket: the unsent calls are lost
+            if pending and type(pending[0]) is list:  # from the first of them on, as the runtime will see it
+                self.mark.finished(pending[0][0] - 1)
             _exit(0)
 
     def _flusher(self) -> None:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 SECRETS = ("REDIS_PASSWORD", "REDISCLI_AUTH")  # never handed to user code
@@ -89,6 +89,7 @@ def stop_warden(process: subprocess.Popen) -> None:
     """
     if not wait_for_exit(process, 0):
         try:
+            process.send_signal(signal.SIGCONT)  # a handler may have stopped it (SIGSTOP to its parent)
             process.send_signal(signal.SIGTERM)
         except ProcessLookupError:
             pass
@@ -101,3 +102,36 @@ def stop_warden(process: subprocess.Popen) -> None:
         process.wait(5)
     except subprocess.TimeoutExpired:  # unkillable (stuck in the kernel): leave it, never block the loop
         pass
+
+
+def kill_strays(keep: Collection[int], patience: float = 5.0) -> None:
+    """Kill this process's children that are not in `keep`, with all they started, and reap them.
+
+    For a runtime that is a child subreaper (`python -m runtime`): a handler that kills or leaves its
+    warden hands what it started to us; this is where it ends. Never call it in a process whose other
+    children are not ours to kill (a test runner).
+    """
+    import psutil  # the runtime imports it anyway; here only where strays are looked for
+
+    me = psutil.Process()
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        strays = [child for child in me.children() if child.pid not in keep]
+        if not strays:
+            return
+        for stray in strays:
+            try:
+                family = [*stray.children(recursive=True), stray]
+            except psutil.Error:
+                family = [stray]
+            for member in family:
+                try:
+                    member.kill()
+                except psutil.Error:
+                    pass
+        for stray in strays:
+            try:
+                os.waitpid(stray.pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        time.sleep(0.01)

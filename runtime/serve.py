@@ -27,6 +27,7 @@ from runtime.capture import Tail
 from runtime.channel import Channel, ChannelClosed
 from runtime.context import Context
 from runtime.function import FunctionSource
+from runtime.progress import Mark
 from runtime.invoke import OUTCOME_FIELDS, OUTPUT_TAIL, FunctionSettings, Request, call, decode_env, encode_env
 from runtime.replies import Replies
 from runtime.sandbox import die_with_parent
@@ -39,14 +40,15 @@ _getpid, _exit = os.getpid, os._exit  # bound before user code: a handler cannot
 class Server:
     """The function, its context and the channel to the runtime."""
 
-    def __init__(self, channel: Channel, settings: FunctionSettings) -> None:
+    def __init__(self, channel: Channel, settings: FunctionSettings, mark: Mark) -> None:
         self.channel = channel
+        self.mark = mark  # how far we got, in memory the runtime reads if we die
         self.settings = settings
         self.function = FunctionSource(settings.path, settings.handler, settings.unpack_dir)
         self.context = Context(function_getmtime="", **settings.context_fields)
         self.tail = Tail(OUTPUT_TAIL)
         self.pid = _getpid()
-        self.replies = Replies(channel)
+        self.replies = Replies(channel, mark)
         # Further contexts by id (the fleet's hosts), each with its own env and context fields.
         self.contexts: dict[str, tuple[Context, FunctionSettings]] = {}
 
@@ -87,6 +89,7 @@ class Server:
             # The env with the last reply (when asked for) saves the commit a round trip.
             env = encode_env(context.env) if with_env and index == last else None
             self.replies.add([first + index, *(outcome[name] for name in OUTCOME_FIELDS), env], index == last)
+            self.mark.finished(first + index)  # after the reply is queued: a send that fails blames this call
 
     def context_of(self, context_id: str | None,
                    fields: dict[str, Any] | None = None) -> tuple[Context, FunctionSettings]:
@@ -149,10 +152,11 @@ def main(argv: list[str]) -> None:
     die_with_parent(int(argv[2]))
     options = json.loads(argv[3])
     sys.path[:0] = options.pop("extra_paths")
+    mark = Mark(options.pop("progress_fd"))
     settings = FunctionSettings(**{**options, "path": Path(options["path"]), "unpack_dir": Path(options["unpack_dir"])})
     _configure(_quiet_standard_streams(), settings)
     channel = Channel(socket.socket(fileno=int(argv[1])))
-    Server(channel, settings).serve()
+    Server(channel, settings, mark).serve()
 
 
 if __name__ == "__main__":

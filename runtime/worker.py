@@ -18,6 +18,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -29,7 +30,8 @@ from runtime.faults import Fault, record
 from runtime.function import Retry, source_identity
 from runtime.invoke import EMPTY_ENV, OUTCOME_FIELDS, EnvData, EnvLost, FunctionSettings, InvocationLost, Outcome
 from runtime.invoke import Request
-from runtime.sandbox import child_environment, stop_warden, wait_for_exit
+from runtime.progress import Progress
+from runtime.sandbox import become_subreaper, child_environment, kill_strays, stop_warden, wait_for_exit
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,22 @@ PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)  # where `runtime` is
 START_TIMEOUT = 120.0  # seconds a new worker may take to import the function (pandas, numpy…)
 EXIT_GRACE = 1.0  # seconds a worker that closed its socket gets to finish exiting, for its exit code
 ALIVE_CHECK_SECONDS = 0.5  # while a reply is awaited, how often the worker is checked for having ended
+
+# The wardens this process runs, for a runtime that adopts orphans (see adopt_orphans()).
+_wardens: set[int] = set()
+_wardens_lock = threading.Lock()
+_adopting = False
+
+
+def adopt_orphans() -> None:
+    """Make this process a child subreaper that kills what it adopts: for `python -m runtime` alone.
+
+    A handler that kills its warden, or leaves it with its own worker, hands its processes to us
+    instead of to init; each time a worker is stopped, every child of ours that is not a warden goes.
+    """
+    global _adopting
+    become_subreaper()
+    _adopting = True
 
 
 class Worker:
@@ -60,6 +78,7 @@ class Worker:
         self._unbuffered_next = False
         self._handler_pid: int | None = None
         self._exit_code: int | str | None = None  # of the last worker found ended
+        self._progress: Progress | None = None  # how far the current (or last) worker got
 
     # --- the Invoker interface -------------------------------------------------------------------
 
@@ -120,7 +139,9 @@ class Worker:
                 try:
                     reply = self._receive(first + index, self.timeout)
                 except InvocationLost as lost:
-                    lost.error.update(sample_id=request.entry_id or "", sample_timestamp=_timestamp_of(request.raw))
+                    lost.index = self._culprit(first, index, len(requests))
+                    culprit = requests[lost.index]
+                    lost.error.update(sample_id=culprit.entry_id or "", sample_timestamp=_timestamp_of(culprit.raw))
                     raise
                 received += 1
                 env = reply[-1]
@@ -137,6 +158,12 @@ class Worker:
                 # Abandoned part-way: the worker would go on changing the env with calls nobody records.
                 log.warning("batch_abandoned after=%d of %d: stopping the worker", received, len(requests))
                 self._kill()
+
+    def _culprit(self, first: int, awaited: int, count: int) -> int:
+        """Which of the batch's invocations was lost: the one after the last the worker finished (their
+        replies may have died in its buffer), if that lies between the awaited one and the batch's end."""
+        after = self._progress.last() + 1 - first if self._progress is not None else awaited
+        return after if awaited <= after < count else awaited
 
     def _send_batch(self, requests: Sequence[Request], with_env: bool, context: str | None = None) -> int:
         """Send the batch to a running worker; its first invocation id. EnvLost if it died while idle."""
@@ -169,6 +196,9 @@ class Worker:
 
     def close(self) -> None:
         self._kill()
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
 
     # --- further contexts (the fleet's hosts): each its own env, all in this one worker --------------
 
@@ -203,12 +233,19 @@ class Worker:
         # copied from our threads; and not multiprocessing's spawn, which re-runs whatever script is
         # __main__ in the child.
         ours, theirs = socket.socketpair()
+        if self._progress is not None:
+            self._progress.close()
+        self._progress = Progress()
         settings = json.dumps({**dataclasses.asdict(self.settings), "path": str(self.settings.path),
-                               "unpack_dir": str(self.settings.unpack_dir), "extra_paths": self.extra_paths})
+                               "unpack_dir": str(self.settings.unpack_dir), "extra_paths": self.extra_paths,
+                               "progress_fd": self._progress.fd})
         env = child_environment(os.environ, PACKAGE_ROOT)
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "runtime.warden", str(theirs.fileno()), str(os.getpid()), settings],
-            pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        with _wardens_lock:  # known before any sweep can see it
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "runtime.warden", str(theirs.fileno()), str(os.getpid()), settings],
+                pass_fds=[theirs.fileno(), self._progress.fd], env=env, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+            _wardens.add(self._process.pid)
         theirs.close()
         self._channel = Channel(ours)
         self._identity = None
@@ -241,6 +278,10 @@ class Worker:
             self._channel.close()
         if self._process is not None:
             stop_warden(self._process)
+            with _wardens_lock:
+                _wardens.discard(self._process.pid)
+                if _adopting:
+                    kill_strays(_wardens)
         self._process, self._channel, self._identity = None, None, None
 
     # --- messages ----------------------------------------------------------------------------------

@@ -67,6 +67,22 @@ def test_a_hung_handler_mid_batch_loses_nothing_and_repeats_nothing(client, redi
     assert [e["sample_id"] for e in errors(client, "out")] == [ids[17]]
 
 
+@pytest.mark.parametrize("crash_at", [3, 40], ids=["sample-3-of-6", "sample-40-of-50"])
+def test_a_crash_mid_batch_costs_that_sample_alone(client, redis_url, tmp_path, crash_at):
+    """The calls before it in the same batch ran and their replies waited in the worker's buffer when it
+    ended: they run again from the checkpoint and are stored; only the sample that ended the worker is
+    recorded (the earlier ones were charged one by one before, each a lost output)."""
+    path = write_function(tmp_path, HANGING)
+    samples = make_samples(6 if crash_at == 3 else 50)
+    samples[crash_at] = dict(samples[crash_at], fault="os_exit")
+    ids = publish(client, samples)
+    with running_runtime(runtime_env(redis_url, path, HANDLER_TIMEOUT="5")):
+        wait_for(lambda: len(outputs(client, "out")) + len(errors(client, "out")) >= len(samples), timeout=40)
+    assert [e["sample_id"] for e in errors(client, "out")] == [ids[crash_at]]
+    assert [i for i, _ in outputs(client, "out")] == ids[:crash_at] + ids[crash_at + 1:]
+    assert [o["n"] for _, o in outputs(client, "out")] == list(range(1, len(samples)))
+
+
 def test_in_process_mode_catches_sys_exit_too(client, redis_url, tmp_path):
     path = write_function(tmp_path, HANGING)
     ids = publish(client, [dict(make_samples(1)[0], fault="sys_exit")] + make_samples(1))

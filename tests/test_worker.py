@@ -227,6 +227,47 @@ def test_processes_a_handler_starts_outside_its_group_die_too(client, redis_url,
         kill_leftovers(read_pids(tmp_path))
 
 
+WARDEN_ATTACK = '''
+import ctypes, os, signal, subprocess, sys, time
+
+def note(pid):
+    with open(os.path.join(os.path.dirname(__file__), "pids"), "a") as pids:
+        pids.write(f"{pid}\\n")
+
+def handler(input, context):
+    how = input.get("how")
+    if not how:
+        return {"ok": 1}
+    warden = os.getppid()
+    if how == "outlive":  # the worker itself leaves: no parent-death signal, a session of its own
+        ctypes.CDLL(None).prctl(1, 0, 0, 0, 0)
+        os.setsid()
+        note(os.getpid())
+        os.kill(warden, signal.SIGKILL)
+        time.sleep(1000)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)"], start_new_session=True)
+    note(child.pid)
+    os.kill(warden, signal.SIGKILL if how == "kill" else signal.SIGSTOP)
+    time.sleep(1000)
+'''
+
+
+@pytest.mark.parametrize("how", ["kill", "stop", "outlive"])
+def test_a_handler_that_kills_or_stops_its_warden_leaves_nothing_behind(client, redis_url, tmp_path, processes,
+                                                                      how):
+    """The runtime (`python -m runtime`) adopts what a dead warden leaves and kills it; a stopped warden
+    is continued before it is asked to stop."""
+    path = write_function(tmp_path, WARDEN_ATTACK)
+    ids = publish(client, [dict(make_samples(1)[0], how=how)] + make_samples(2)[1:])
+    processes.append(spawn("runtime", runtime_env(redis_url, path, HANDLER_TIMEOUT="2")))
+    try:
+        wait_for(lambda: outputs(client, "out"), timeout=40, what="the next sample's output")
+        assert [r["sample_id"] for r in errors(client, "out")] == [ids[0]]
+        wait_for(lambda: not any(alive(pid) for pid in read_pids(tmp_path)), timeout=10, what="nothing left")
+    finally:
+        kill_leftovers(read_pids(tmp_path))
+
+
 FORK_CHAIN = '''
 import os, time
 
