@@ -104,14 +104,16 @@ def stop_warden(process: subprocess.Popen) -> None:
         pass
 
 
-def kill_strays(keep: Collection[int], patience: float = 5.0) -> None:
-    """Kill this process's children that are not in `keep`, with all they started, and reap them.
+def kill_children(keep: Collection[int] = (), patience: float = 5.0) -> None:
+    """SIGKILL this process's children not in `keep`, with all they started, and reap them; until none is
+    left or `patience` runs out (a process stuck in the kernel is left behind).
 
-    For a runtime that is a child subreaper (`python -m runtime`): a handler that kills or leaves its
-    warden hands what it started to us; this is where it ends. Never call it in a process whose other
-    children are not ours to kill (a test runner).
+    For a child subreaper (the warden; `python -m runtime`): killed processes cannot fork, and the
+    orphans of killed parents come to us, so each round finds what the last one missed. Only the
+    children killed are reaped, never `keep`'s (their owners wait for them). Never call it in a process
+    whose other children are not ours to kill (a test runner).
     """
-    import psutil  # the runtime imports it anyway; here only where strays are looked for
+    import psutil  # the warden imports it before any signal can come; the worker never needs it
 
     me = psutil.Process()
     deadline = time.monotonic() + patience
@@ -134,4 +136,4 @@ def kill_strays(keep: Collection[int], patience: float = 5.0) -> None:
                 os.waitpid(stray.pid, os.WNOHANG)
             except ChildProcessError:
                 pass
-        time.sleep(0.01)
+        time.sleep(0.005)

@@ -15,45 +15,9 @@ import signal
 import sys
 import time
 
-import psutil  # before any signal can come: importing it inside the handler could be interrupted by the next
+import psutil  # noqa: F401 - for kill_children, imported before any signal can interrupt the import
 
-from runtime.sandbox import become_subreaper, die_with_parent
-
-KILL_PATIENCE = 5.0  # seconds to wait for the tree to go: a process stuck in the kernel is left behind
-
-
-def kill_descendants(patience: float = KILL_PATIENCE) -> None:
-    """SIGKILL every process below this one and reap them, until none is left or patience runs out.
-
-    Killed processes cannot fork; orphans of killed parents come to us (the subreaper), so each round
-    finds what the last one missed.
-    """
-    me = psutil.Process()
-    deadline = time.monotonic() + patience
-    while time.monotonic() < deadline:
-        try:
-            family = me.children(recursive=True)
-        except psutil.Error:
-            family = []
-        for member in family:
-            try:
-                member.kill()
-            except psutil.Error:
-                pass
-        _reap_ended()
-        if not family:
-            return
-        time.sleep(0.005)
-
-
-def _reap_ended() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+from runtime.sandbox import become_subreaper, die_with_parent, kill_children
 
 
 def _end_as(status: int) -> None:
@@ -70,7 +34,7 @@ def _end_as(status: int) -> None:
 def _stop(signum: int, frame: object) -> None:
     signal.signal(signum, signal.SIG_IGN)  # a second request (the runtime's, then its death) must not re-enter
     try:
-        kill_descendants()
+        kill_children()
     finally:
         os._exit(128 + signum)
 
@@ -105,7 +69,7 @@ def main(argv: list[str]) -> None:
         except ChildProcessError:  # cannot happen while the worker lives; end cleanly all the same
             os._exit(1)
         if pid == worker:
-            kill_descendants()
+            kill_children()
             _end_as(status)
 
 

@@ -31,7 +31,7 @@ from runtime.function import Retry, source_identity
 from runtime.invoke import EMPTY_ENV, OUTCOME_FIELDS, EnvData, EnvLost, FunctionSettings, InvocationLost, Outcome
 from runtime.invoke import Request
 from runtime.progress import Progress
-from runtime.sandbox import become_subreaper, child_environment, kill_strays, stop_warden, wait_for_exit
+from runtime.sandbox import become_subreaper, child_environment, kill_children, stop_warden, wait_for_exit
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ class Worker:
             with _wardens_lock:
                 _wardens.discard(self._process.pid)
                 if _adopting:
-                    kill_strays(_wardens)
+                    kill_children(keep=_wardens)
         self._process, self._channel, self._identity = None, None, None
 
     # --- messages ----------------------------------------------------------------------------------
