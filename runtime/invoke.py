@@ -127,6 +127,7 @@ class InvocationLost(Exception):
         super().__init__(error["message"])
         self.error = error
         self.index: int | None = None  # the batch's invocation it was, where the worker's progress tells
+        self.exit_code: int | str | None = None  # of the worker, when it ended
 
 
 # Bound once, when the runtime imports this module and before any user code runs: a handler that

@@ -77,7 +77,6 @@ class Worker:
         self._retry = Retry()
         self._unbuffered_next = False
         self._handler_pid: int | None = None
-        self._exit_code: int | str | None = None  # of the last worker found ended
         self._progress: Progress | None = None  # how far the current (or last) worker got
 
     # --- the Invoker interface -------------------------------------------------------------------
@@ -126,8 +125,8 @@ class Worker:
         blobs = [_raw_bytes(r.raw) for _, requests, _ in batches for r in requests]
         try:
             self._send({"op": "batches", "batches": parts, "id": None}, blobs)
-        except InvocationLost:  # it died between the check and the send: while idle
-            raise self._died_idle() from None
+        except InvocationLost as lost:  # it died between the check and the send: while idle
+            raise self._died_idle(lost.exit_code) from None
         return [part["id"] for part in parts]
 
     def receive_batch(self, first: int, requests: Sequence[Request], context: str | None = None) -> Iterator[Outcome]:
@@ -175,8 +174,8 @@ class Worker:
                    "requests": [[r.entry_id, r.problem, r.raw is not None] for r in requests], "context": context}
         try:
             self._send(message, [_raw_bytes(r.raw) for r in requests])
-        except InvocationLost:  # it died between the check and the send: while idle, no sample's fault
-            raise self._died_idle() from None
+        except InvocationLost as lost:  # it died between the check and the send: while idle, no sample's fault
+            raise self._died_idle(lost.exit_code) from None
         return first
 
     def env_data(self) -> EnvData:
@@ -224,7 +223,7 @@ class Worker:
     @property
     def pid(self) -> int | None:
         """The process that runs the handler (under its warden, once it has loaded the function)."""
-        return self._handler_pid if self._process is not None else None
+        return self._handler_pid
 
     # --- the process -------------------------------------------------------------------------------
 
@@ -255,16 +254,15 @@ class Worker:
     def _restart_dead_worker(self) -> None:
         """A worker gone between batches: EnvLost (the env it held died with it); never started: start one."""
         if self._process is not None:
-            self._exit_code = self._process.poll()
-            raise self._died_idle()
+            raise self._died_idle(self._process.poll())
         self.refresh()
 
-    def _died_idle(self) -> EnvLost:
+    def _died_idle(self, exit_code: int | str | None) -> EnvLost:
         """What a worker found dead between batches costs: no sample, the env since the checkpoint."""
-        log.warning("worker_died_idle exit_code=%s: the runtime rewinds to its checkpoint", self._exit_code)
+        log.warning("worker_died_idle exit_code=%s: the runtime rewinds to its checkpoint", exit_code)
         self._kill()
         return EnvLost(record(Fault.WORKER_DIED, f"the handler's process ended while idle (exit code "
-                              f"{self._exit_code}); context.env is restored from the checkpoint", None, None))
+                              f"{exit_code}); context.env is restored from the checkpoint", None, None))
 
     def _alive(self) -> bool:
         return not wait_for_exit(self._process, 0)
@@ -282,7 +280,7 @@ class Worker:
                 _wardens.discard(self._process.pid)
                 if _adopting:
                     kill_children(keep=_wardens)
-        self._process, self._channel, self._identity = None, None, None
+        self._process, self._channel, self._identity, self._handler_pid = None, None, None, None
 
     # --- messages ----------------------------------------------------------------------------------
 
@@ -331,9 +329,11 @@ class Worker:
         process = self._process
         ended = process is not None and wait_for_exit(process, EXIT_GRACE)
         self._kill()
-        code = self._exit_code = process.returncode if ended else "none, it was stopped"
-        raise InvocationLost(record(Fault.WORKER_DIED, f"the handler's process ended (exit code {code}): "
-                                    f"os._exit(), a crash or running out of memory; {how}", None, None))
+        code = process.returncode if ended else "none, it was stopped"
+        lost = InvocationLost(record(Fault.WORKER_DIED, f"the handler's process ended (exit code {code}): "
+                                     f"os._exit(), a crash or running out of memory; {how}", None, None))
+        lost.exit_code = code
+        raise lost
 
 
 def _reply_id(reply: Any) -> Any:
