@@ -38,29 +38,28 @@ class AssignmentKeeper(threading.Thread):
         self.server_ms = 0  # the Redis server's clock at the last tick
         self.unheld_marked: set[str] = set()  # hosts whose status says that no runtime follows them
         self.skipped: set[str] = set()  # registry ids that are not host ids, reported once each
-        self.hosts_seen = False  # whether the last read of the registry found a valid host
 
     def run(self) -> None:
         while not self.fleet.stop.is_set():
+            wait = self.period
             try:
-                self.tick()
+                wait = self.tick()
             except redis.RedisError as error:  # the loop reports the outage; a missed tick is retried
                 log.warning("leases_not_renewed error=%s", error)
             except Exception as error:  # noqa: BLE001 - the keeper must keep going
                 log.exception("lease_tick_failed error=%r", error)
-            # An empty registry (the course's setup) is read less often: the first host waits a little longer.
-            self.fleet.stop.wait(self.period if self.assignment != NOTHING or self.hosts_seen else IDLE_PERIOD_SECONDS)
+            self.fleet.stop.wait(wait)
 
-    def tick(self) -> None:
+    def tick(self) -> float:
+        """Read the registry, renew and take leases; the seconds until the next tick."""
         fleet = self.fleet
         registry = fleet.client.hgetall(fleet.config.keys.hosts)
         hosts, skipped = schema.valid_host_ids(registry)
         fleet.metrics.hosts.labels(state="skipped").set(skipped)
         if skipped:
             self._report_skipped(set(registry) - set(hosts))
-        self.hosts_seen = bool(hosts)
-        if not hosts and self.assignment == NOTHING:  # the course's setup: one read, nothing to renew
-            return
+        if not hosts and self.assignment == NOTHING:  # the course's setup: one read, nothing to renew,
+            return IDLE_PERIOD_SECONDS  # and read less often: the first host waits a little longer
         seconds, micros = fleet.client.time()
         self.server_ms = seconds * 1000 + micros // 1000
         hosts = self._without_silent(hosts, registry)
@@ -71,6 +70,7 @@ class AssignmentKeeper(threading.Thread):
         if assignment != self.assignment:
             self.assignment = assignment
             self.changed.set()  # the fleet's loop, waiting while it has nothing to read, follows it now
+        return self.period
 
     def _report_skipped(self, invalid: set[str]) -> None:
         """Log and count each id that cannot be a host once (not UTF-8, not a node name, reserved)."""
