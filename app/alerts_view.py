@@ -248,9 +248,13 @@ def threshold_layer(thresholds: pd.DataFrame) -> alt.Chart:
 
 
 def firing_layer(periods: pd.DataFrame) -> alt.Chart:
-    """Shaded bands over the time axis while an alert fired: layer it under a time chart (which owns the axis)."""
+    """Shaded bands over the time axis while an alert fired: layer it under a time chart (which owns the axis).
+
+    Top to bottom in pixels, not through the chart's y scale: with no period yet (every page before an
+    alert first fires) a layer in that scale made Vega warn of an infinite extent on every redraw.
+    """
     return alt.Chart(periods).mark_rect(opacity=0.15, clip=True).encode(
-        x=alt.X("start:T", title=None), x2="end:T",
+        x=alt.X("start:T", title=None), x2="end:T", y=alt.YValue(0), y2=alt.Y2Value("height"),
         color=_severity_color(),
         tooltip=["rule:N", "host:N", "severity:N", alt.Tooltip("start:T", format="%H:%M:%S"),
                  alt.Tooltip("end:T", format="%H:%M:%S")],

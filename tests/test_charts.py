@@ -225,6 +225,18 @@ def test_every_builder_validates_and_the_page_sends_the_same_spec_unvalidated():
         assert isinstance(frame, pd.DataFrame) and len(frame) == len(validated["datasets"][validated["data"]["name"]])
 
 
+def test_the_firing_bands_span_the_plot_in_pixels_and_stay_out_of_the_y_scale():
+    """With no period yet (every page before an alert first fires) the band layer is empty; in the y scale
+    it made Vega warn of an infinite extent on every redraw (four warnings a tick on the embedded stack)."""
+    from app import alerts_view
+
+    samples, _ = frames()
+    periods = pd.DataFrame(columns=["start", "end", "rule", "host", "severity"])
+    spec = alerts_view.with_alerts(charts.memory_chart(samples, window()), pd.DataFrame(), periods).to_dict()
+    band = spec["layer"][0]["encoding"]
+    assert spec["layer"][0]["mark"]["type"] == "rect" and (band["y"], band["y2"]) == ({"value": 0}, {"value": "height"})
+
+
 def test_a_layered_chart_keeps_its_title_and_height_and_the_page_draws_decorations_around_the_plot():
     """Altair lifts a layer's height to the top; layering again must carry it, or Streamlit draws 350 px."""
     from app import alerts_view, render
