@@ -6,10 +6,13 @@
     python -m bench.runtime idle         # CPU at one sample per 5 s, ours beside the baseline
     python -m bench.runtime rate         # usermodule.py at 100 samples/s: lag with its env stored less often
 
-Freshness runs its consumers on the same samples at once: our runtime on the stream (with its worker
-and in-process), our runtime polling the plain key (INTERVAL=5), the baseline that behaves like the
-reference (GET every 5 s, re-running the handler on unchanged input), and the floor: a bare Python
-relay (bench/relay.py) that only copies each timestamp to its output stream.
+Freshness runs its consumers side by side, each on an input key of its own, and staggers their samples
+so that no two consumers wake at the same moment: on two cores, consumers woken together wait for each
+other, and that measures the machine, not the consumer. The consumers: our runtime on the stream (with
+its worker and in-process), our runtime polling the plain key (INTERVAL=5), the baseline that behaves
+like the reference (GET every 5 s, re-running the handler on unchanged input), and the floor: a bare
+Python relay (bench/relay.py) that only copies each timestamp to its output stream. A sample's time is
+the moment its bytes go out to Redis; each output is seen by a watching process that blocks, never polls.
 """
 
 from __future__ import annotations
@@ -49,10 +52,15 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": ordered[-1]}
 
 
-def watch(port: int, key: str, stream: bool, stop, ready, results) -> None:
+STOP = "stop"  # the timestamp of the marker that ends a watcher
+
+
+def watch(port: int, key: str, stream: bool, ready, results) -> None:
     """Record when each sample's output first becomes visible, and how often a sample is handled.
 
     Runs in a process of its own, so its timing shares no interpreter with the publisher or the others.
+    It blocks until an output arrives (the plain key by keyspace notification) and wakes for nothing else:
+    a watcher that polls would keep the machine's cores awake and flatter every consumer.
     """
     client = redis.Redis(port=port, decode_responses=True)
     seen: dict[str, float] = {}
@@ -66,22 +74,32 @@ def watch(port: int, key: str, stream: bool, stop, ready, results) -> None:
         newest = client.xrevrange(f"{key}:stream", count=1)
         cursor = newest[0][0] if newest else "0-0"
         ready.set()
-        while not stop.is_set():
-            reply = client.xread({f"{key}:stream": cursor}, block=200)
+        while True:
+            reply = client.xread({f"{key}:stream": cursor}, block=0)
             now = time.time()
             for entry_id, fields in reply[0][1] if reply else ():
                 cursor = entry_id
+                if fields.get(schema.TIMESTAMP) == STOP:
+                    results.put((seen, handled))
+                    return
                 record(fields[schema.TIMESTAMP], now)  # the timestamp of the sample it came from
-    else:
-        last = client.get(key)
-        ready.set()
-        while not stop.is_set():
-            raw = client.get(key)  # the baseline SETs every interval, changed or not
-            if raw is not None and raw != last:
-                last = raw
-                record(json.loads(raw)["ts"], time.time())
-            time.sleep(0.002)
+    changes = client.pubsub(ignore_subscribe_messages=True)
+    changes.subscribe(keyspace_channel(key))
+    last = client.get(key)
+    ready.set()
+    for message in changes.listen():
+        if message["data"] == STOP:
+            break
+        raw = client.get(key)
+        now = time.time()
+        if raw is not None and raw != last:  # the baseline SETs every interval, changed or not
+            last = raw
+            record(json.loads(raw)["ts"], now)
     results.put((seen, handled))
+
+
+def keyspace_channel(key: str) -> str:
+    return f"__keyspace@0__:{key}"
 
 
 class Watcher:
@@ -89,9 +107,10 @@ class Watcher:
 
     def __init__(self, port: int, output_key: str, stream: bool) -> None:
         context = multiprocessing.get_context("spawn")
-        self.stop, self.ready, self.results = context.Event(), context.Event(), context.Queue()
-        self.process = context.Process(target=watch, args=(port, output_key, stream, self.stop, self.ready,
-                                                           self.results), daemon=True)
+        self.port, self.key, self.stream = port, output_key, stream
+        self.ready, self.results = context.Event(), context.Queue()
+        self.process = context.Process(target=watch, args=(port, output_key, stream, self.ready, self.results),
+                                       daemon=True)
         self.seen: dict[str, float] = {}
         self.handled: dict[str, int] = {}
 
@@ -100,9 +119,23 @@ class Watcher:
         self.ready.wait(30)
 
     def finish(self) -> None:
-        self.stop.set()
+        client = redis.Redis(port=self.port, decode_responses=True)
+        if self.stream:
+            client.xadd(f"{self.key}:stream", {schema.TIMESTAMP: STOP})
+        else:
+            client.publish(keyspace_channel(self.key), STOP)
         self.seen, self.handled = self.results.get(timeout=30)
         self.process.join(10)
+
+
+# name: (module, feed, watched output, extra environment). Each reads an input key of its own.
+CONSUMERS = {
+    "ours, stream": ("runtime", "stream", "stream", {}),
+    "ours, stream, in-process": ("runtime", "stream", "stream", {"HANDLER_TIMEOUT": "0"}),
+    "ours, poll (INTERVAL=5)": ("runtime", "plain", "stream", {"INTERVAL": "5"}),
+    "baseline (reference, INTERVAL=5)": ("bench.baseline", "plain", "plain", {"INTERVAL": "5"}),
+    "floor: a bare relay, no handler": ("bench.relay", "stream", "stream", {}),
+}
 
 
 def freshness() -> dict:
@@ -111,65 +144,81 @@ def freshness() -> dict:
         function = Path(tmp, "echo.py")
         function.write_text(ECHO)
         client = redis.Redis(port=server.port, decode_responses=True)
+        client.config_set("notify-keyspace-events", "K$")  # the baseline's output is a plain key: watched, not polled
         base = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(server.port), "FUNCTION_PATH": str(function)}
-        consumers = {
-            "ours, stream": ({"REDIS_INPUT_KEY": "metrics", "REDIS_OUTPUT_KEY": "f-stream"}, "runtime", True),
-            "ours, stream, in-process": ({"REDIS_INPUT_KEY": "metrics", "REDIS_OUTPUT_KEY": "f-inproc",
-                                          "HANDLER_TIMEOUT": "0"}, "runtime", True),
-            "ours, poll (INTERVAL=5)": ({"REDIS_INPUT_KEY": "plain", "REDIS_OUTPUT_KEY": "f-poll", "INTERVAL": "5"},
-                                        "runtime", True),
-            "baseline (reference, INTERVAL=5)": ({"REDIS_INPUT_KEY": "plain", "REDIS_OUTPUT_KEY": "f-base",
-                                                  "INTERVAL": "5"}, "bench.baseline", False),
-            "floor: a bare relay, no handler": ({"REDIS_INPUT_KEY": "metrics", "REDIS_OUTPUT_KEY": "f-relay"},
-                                                "bench.relay", True),
-        }
-        processes = [spawn(module, {**base, **env}) for env, module, _ in consumers.values()]
+        keys = {name: (f"in-{i}", f"out-{i}") for i, name in enumerate(CONSUMERS)}
+        feeds = {keys[name][0]: feed == "stream" for name, (_, feed, _, _) in CONSUMERS.items()}
+        processes = [spawn(module, {**base, "REDIS_INPUT_KEY": keys[name][0], "REDIS_OUTPUT_KEY": keys[name][1], **env})
+                     for name, (module, _, _, env) in CONSUMERS.items()]
         try:
             time.sleep(3)  # let every consumer start
-            publish_at(client, 1, 3)  # warm up: the stream exists and each consumer has found its mode
+            publish_staggered(client, feeds, 1, 3)  # warm up: the streams exist and each consumer has found its mode
             time.sleep(6)
             # 0.1/s: the collector slower than the runtime polls, where the reference re-runs stale samples.
             for rate, seconds in ((1, 30), (10, 10), (0.1, 40)):
-                watchers = {name: Watcher(server.port, env["REDIS_OUTPUT_KEY"], stream)
-                            for name, (env, _, stream) in consumers.items()}
+                watchers = {name: Watcher(server.port, keys[name][1], watched == "stream")
+                            for name, (_, _, watched, _) in CONSUMERS.items()}
                 for watcher in watchers.values():
                     watcher.start()
-                published = publish_at(client, rate, seconds)
+                published = publish_staggered(client, feeds, rate, seconds)
                 time.sleep(6)  # one more polling period for the slow consumers
                 for name, watcher in watchers.items():
                     watcher.finish()
-                    latencies = [(watcher.seen[ts] - t) * 1000 for ts, t in published.items() if ts in watcher.seen]
+                    sent = published[keys[name][0]]
+                    latencies = [(watcher.seen[ts] - t) * 1000 for ts, t in sent.items() if ts in watcher.seen]
                     stats = percentiles(latencies)
-                    missed = sum(ts not in watcher.seen for ts in published)
-                    duplicates = sum(n - 1 for ts, n in watcher.handled.items() if ts in published)
-                    results[f"{name} @ {rate:g}/s"] = {**stats, "samples": len(published), "missed": missed,
+                    missed = sum(ts not in watcher.seen for ts in sent)
+                    duplicates = sum(n - 1 for ts, n in watcher.handled.items() if ts in sent)
+                    results[f"{name} @ {rate:g}/s"] = {**stats, "samples": len(sent), "missed": missed,
                                                      "duplicates": duplicates}
                     rows.append([f"{rate:g}/s", name, *(f"{stats[k]:,.1f}" for k in ("p50", "p90", "p99", "max")),
-                                 f"{missed}/{len(published)}", duplicates])
+                                 f"{missed}/{len(sent)}", duplicates])
         finally:
             for process in processes:
                 process.terminate()
                 process.wait(10)
-    print("Freshness: sample published -> output visible, ms")
+    print("Freshness: sample sent -> output visible, ms; each consumer alone at its moment")
     print(table(["rate", "consumer", "p50", "p90", "p99", "max", "missed", "duplicates"], rows))
     return results
 
 
-def publish_at(client: redis.Redis, rate: float, seconds: float) -> dict[str, float]:
-    """Publish fresh samples at `rate` per second, as the collector does; their publish times."""
-    published = {}
+def publish_staggered(client: redis.Redis, feeds: dict[str, bool], rate: float, seconds: float
+                      ) -> dict[str, dict[str, float]]:
+    """Publish fresh samples to each input key at `rate` per second, the keys' turns evenly apart in each
+    period; per key, each sample's timestamp and the moment it was sent. `feeds`: key -> with a stream."""
+    connection = redis.Connection(**client.connection_pool.connection_kwargs)
+    published: dict[str, dict[str, float]] = {key: {} for key in feeds}
     start = time.monotonic()
-    for i in range(int(rate * seconds)):
-        time.sleep(max(0.0, start + i / rate - time.monotonic()))
-        sample = synthetic_samples(1, cpus=8)[0]
-        payload = schema.encode_sample(sample)
-        pipe = client.pipeline(transaction=True)
-        pipe.xadd("metrics:stream", schema.sample_entry(payload))
-        pipe.set("metrics", payload)
-        pipe.set("plain", payload)
-        published[sample["timestamp"]] = time.time()
-        pipe.execute()
+    turns = [(i / rate + k / (rate * len(feeds)), key) for i in range(int(rate * seconds))
+             for k, key in enumerate(feeds)]
+    try:
+        for at, key in turns:
+            time.sleep(max(0.0, start + at - time.monotonic()))
+            sample = synthetic_samples(1, cpus=8)[0]
+            published[key][sample["timestamp"]] = send_sample(connection, key, schema.encode_sample(sample), feeds[key])
+    finally:
+        connection.disconnect()
     return published
+
+
+def publish_at(client: redis.Redis, rate: float, seconds: float) -> dict[str, float]:
+    """Publish fresh samples at `rate` per second to `metrics`, as the collector does; when each was sent."""
+    return publish_staggered(client, {"metrics": True}, rate, seconds)["metrics"]
+
+
+def send_sample(connection: redis.Connection, key: str, payload: str, stream: bool) -> float:
+    """Store one sample as the collector does, in one transaction; the moment its bytes went out.
+
+    The commands are packed first, so the publisher's own Python is not counted as the consumer's time.
+    """
+    commands = [("MULTI",), *([("XADD", f"{key}:stream", "*", *schema.sample_entry(payload).popitem())] if stream
+                              else []), ("SET", key, payload), ("EXEC",)]
+    packed = connection.pack_commands(commands)
+    sent = time.time()
+    connection.send_packed_command(packed, check_health=False)
+    for _ in commands:
+        connection.read_response()
+    return sent
 
 
 def throughput() -> dict:
