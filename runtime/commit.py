@@ -30,14 +30,15 @@ log = logging.getLogger(__name__)
 
 # KEYS: lease, output, output stream, errors stream, state, status.
 # ARGV: holder, retention ms, errors kept, the checkpoint up to its env, the env's JSON ('' keeps the
-# stored one), latest output ('' for none), then counted lists: output-stream entries and error
+# stored one), latest output ('' for none), the lease's ms to renew it for ('0': leave it), then counted lists: output-stream entries and error
 # entries (each a count of fields then the pairs), status fields (pairs), status counters (pairs).
 COMMIT = """
 local separator = '<<ENV_SEPARATOR>>'
 local expected = {'string', 'string', 'stream', 'stream', 'string', 'hash'}
-""" + keytypes.FENCE_LUA + """local now = redis.call('TIME')
+""" + keytypes.FENCE_LUA + """if ARGV[7] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[7]) end
+local now = redis.call('TIME')
 local minid = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[2]))
-local i = 7
+local i = 8
 local function entries(add)
   local count = tonumber(ARGV[i]); i = i + 1
   for _ = 1, count do
@@ -83,12 +84,17 @@ class Committer:
         self.retention_ms = int(retention_seconds * 1000)
         self._script = client.register_script(COMMIT.replace("<<ENV_SEPARATOR>>", ENV_SEPARATOR))
 
-    def commit(self, holder: str, checkpoint: Checkpoint, effects: Effects, with_env: bool = True) -> None:
-        """Apply every write or none; LeaseLost or KeyTypeError say why none. Without env: keep the stored one."""
+    def commit(self, holder: str, checkpoint: Checkpoint, effects: Effects, with_env: bool = True,
+               renew_lease_ms: int = 0) -> None:
+        """Apply every write or none; LeaseLost or KeyTypeError say why none. Without env: keep the stored one.
+
+        With `renew_lease_ms`, the commit renews the lease it is fenced by as well: while samples come,
+        the lease keeper has nothing to do.
+        """
         keys = [self.keys.lease, self.keys.output, self.keys.output_stream, self.keys.errors, self.keys.state,
                 self.keys.status]
         args: list[str | int] = [holder, self.retention_ms, ERRORS_KEPT, checkpoint.header(),
-                                 checkpoint.env_json() if with_env else "", effects.latest_output or ""]
+                                 checkpoint.env_json() if with_env else "", effects.latest_output or "", renew_lease_ms]
         for entries in (effects.outputs, effects.errors):
             args.append(len(entries))
             for entry in entries:
@@ -166,5 +172,6 @@ class MemoryCommitter:
     def __init__(self, checkpoints: MemoryCheckpoints) -> None:
         self.checkpoints = checkpoints
 
-    def commit(self, holder: str, checkpoint: Checkpoint, effects: Effects, with_env: bool = True) -> None:
+    def commit(self, holder: str, checkpoint: Checkpoint, effects: Effects, with_env: bool = True,
+               renew_lease_ms: int = 0) -> None:
         self.checkpoints.latest = dataclasses.replace(checkpoint, env_text=None)

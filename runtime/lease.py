@@ -1,6 +1,8 @@
 """One active runtime per output key: a lease in Redis, renewed by a keeper thread, taken over when it lapses.
 
 The keeper renews the lease on its own schedule, independent of the loop, so a long batch keeps it.
+Each commit renews it as well (its script is fenced by the lease anyway), so while samples come more
+often than the keeper's period, the keeper has nothing to do and makes no round trip.
 A standby's keeper keeps trying to take it. A runtime restarted where its predecessor ran (same host
 name, same process namespace) takes the lease at once when that predecessor is provably gone: its
 pid no longer exists, or belongs to a process started at another time (pid reused, or this very pid
@@ -14,6 +16,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -124,6 +127,7 @@ class Lease:
         self.me = Holder.of_this_process()
         self.holder = self.me.text()
         self.held = False
+        self.renewed_at = 0.0  # monotonic time at which the last renewal that held it was sent
         self._renew = client.register_script(RENEW)
         self._take = client.register_script(TAKE)
         self._release = client.register_script(RELEASE)
@@ -135,7 +139,10 @@ class Lease:
         """
         key, fields = heartbeat or (self.key, {})
         args = [self.holder, self.millis, *(part for item in fields.items() for part in item)]
+        sent = time.monotonic()
         held = bool(self._renew(keys=[self.key, key], args=args)) or self._take_from_dead()
+        if held:
+            self.renewed_at = sent
         if held != self.held:
             log.info("lease_%s key=%s holder=%s", "acquired" if held else "lost", self.key, self.holder)
         self.held = held
@@ -153,6 +160,10 @@ class Lease:
             log.info("lease_taken_over key=%s from=%s: that process is gone", self.key, current)
         return taken
 
+    def renewed(self, sent: float) -> None:
+        """A commit sent at monotonic time `sent` renewed the lease (its script found us the holder)."""
+        self.renewed_at = max(self.renewed_at, sent)
+
     def release(self) -> None:
         if self.held:
             self._release(keys=[self.key], args=[self.holder])
@@ -166,16 +177,21 @@ class NoLease:
     holder = ""
     held = True
     millis = 3_600_000
+    renewed_at = 0.0
 
     def hold(self, heartbeat: Heartbeat | None = None) -> bool:
         return True
+
+    def renewed(self, sent: float) -> None:
+        pass
 
     def release(self) -> None:
         pass
 
 
 class LeaseKeeper(threading.Thread):
-    """Renews (or, on a standby, tries to take) the lease 2.5 times per period (at least every 2 s) until `stop`."""
+    """Renews (or, on a standby, tries to take) the lease 2.5 times per period (at least every 2 s) until `stop`;
+    not while commits renew it."""
 
     def __init__(self, lease: Lease | NoLease, stop: threading.Event, heartbeat: Callable[[], Heartbeat | None],
                  on_problem: Callable[[str], None]) -> None:
@@ -187,11 +203,13 @@ class LeaseKeeper(threading.Thread):
         self.period = min(lease.millis / 1000 / RENEWALS_PER_LEASE, HEARTBEAT_SECONDS)
         self.changed = threading.Event()  # set whenever `held` may have changed
         self.problem: str | None = None  # what keeps us from holding the lease, besides another holder
+        self._ticked_at = 0.0  # monotonic time of the last tick, renewed or not
 
     def tick(self) -> bool:
         """Renew or try to take the lease, with the heartbeat; whether we hold it."""
         if isinstance(self.lease, NoLease):
             return True
+        self._ticked_at = time.monotonic()
         try:
             held = self.lease.hold(self.heartbeat())
             self._report(None)
@@ -221,5 +239,11 @@ class LeaseKeeper(threading.Thread):
         self.problem = problem
 
     def run(self) -> None:
-        while not isinstance(self.lease, NoLease) and not self.stop.wait(self.period):
-            self.tick()
+        while not isinstance(self.lease, NoLease) and not self.stop.wait(self._until_due()):
+            if self._until_due() <= 0:  # else a commit renewed the lease while we waited
+                self.tick()
+
+    def _until_due(self) -> float:
+        """Seconds to the next tick: a period after the last one, or after the last commit that renewed the
+        lease (it wrote the heartbeat too). A failed renewal is retried a period later, not at once."""
+        return max(self._ticked_at, self.lease.renewed_at) + self.period - time.monotonic()

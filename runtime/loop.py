@@ -283,14 +283,19 @@ class Runtime:
         effects = effects_of(done, self.status.of_commit(last_sample.cursor.entry_id, last.timestamp, last.duration,
                                                          checkpoint.last_execution, checkpoint.env_error, lag,
                                                          self.invoker.version))
+        # Our own lease is renewed by the commit too; a host's lease is the fleet keeper's to renew or let go.
+        renew_ms = self.lease.millis if isinstance(self.lease, Lease) else 0
+        sent = time.monotonic()
         try:
-            self.committer.commit(self.lease.holder, checkpoint, effects, with_env)
+            self.committer.commit(self.lease.holder, checkpoint, effects, with_env, renew_ms)
         except LeaseLost as lost:  # a standby took over while we worked: it re-runs from the checkpoint
             log.warning("commit_dropped cursor=%s reason=%s", checkpoint.cursor.text(), lost)
             self.lease.held = False
             self._restored = False
             return
         self.committed = checkpoint
+        if renew_ms:
+            self.lease.renewed(sent)
         if with_env:
             self._env_due_at = next_due(self._env_due_at, self.config.env_checkpoint_seconds, time.monotonic())
         self._account(done, effects, lag)

@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import redis
@@ -197,6 +198,29 @@ def test_idle_http_connections_are_closed_and_threads_bounded(client, redis_url,
     idle.settimeout(HTTP_IDLE_SECONDS + 10)
     assert idle.recv(1) == b"", "an idle connection must be closed by the server"
     idle.close()
+
+
+def test_while_samples_come_the_commits_renew_the_lease_and_the_keeper_makes_no_round_trip(client, redis_url,
+                                                                                            processes):
+    """Samples every 0.5 s, the keeper's period 2 s: each commit renews the lease (fenced by it anyway) and
+    writes the heartbeat, so the keeper has nothing to send. The lease never comes near lapsing."""
+    publish(client, make_samples(1))
+    processes.append(spawn("runtime", runtime_env(redis_url, "usermodule.py", LEASE_SECONDS="5")))
+    wait_for(lambda: client.hget("out:status", "invocations") == "1", timeout=30)
+    time.sleep(2.5)  # the keeper's first renewals, while nothing came
+    client.config_resetstat()
+    least_ttl = 5000
+    for sample in make_samples(12, start=datetime(2026, 11, 28, 15)):
+        publish(client, [sample])
+        time.sleep(0.5)
+        least_ttl = min(least_ttl, client.pttl("out:lease"))
+    wait_for(lambda: client.hget("out:status", "invocations") == "13", timeout=10)
+    calls = {name.removeprefix("cmdstat_"): stats["calls"] for name, stats in client.info("commandstats").items()}
+    renewals = calls.get("evalsha", 0) - calls.get("xadd", 0) // 2  # an output entry and a sample per commit
+    assert renewals <= 1, calls  # the one the keeper may have been about to send as the samples began
+    assert least_ttl > 3500, least_ttl
+    heartbeat = datetime.fromisoformat(client.hget("out:status", "heartbeat"))
+    assert (datetime.now(timezone.utc) - heartbeat).total_seconds() < 2
 
 
 def test_an_idle_runtime_without_hosts_reads_the_registry_alone_and_seldom(client, redis_url, processes):
