@@ -146,7 +146,8 @@ class Fleet:
         self._follow(self.keeper.assignment)
         if not self.hosts:  # no worker until there is a host: the course's setup has none
             self.health.ready = True
-            self._idle()
+            self.health.wait_idle(self.keeper.changed)  # until the keeper assigns a host, or a stop
+            self.keeper.changed.clear()
             return
         if not self._function_ready():
             return

@@ -51,6 +51,7 @@ class Health:
         self.last_progress = time.monotonic()
         self.call_started: float | None = None
         self.ready = False
+        self.idle = False  # waiting for work with nothing to do: nothing can be stuck
 
     def progress(self) -> None:
         """A step completed: samples handled, none waiting, or a wait that a restart would not cure."""
@@ -60,8 +61,19 @@ class Health:
         """The handler runs (it may take HANDLER_TIMEOUT), or no longer does."""
         self.call_started = time.monotonic() if busy else None
 
+    def wait_idle(self, woken: threading.Event) -> None:
+        """Wait for `woken` with nothing to do, alive all the while however long: no wake-ups to prove it."""
+        self.idle = True
+        try:
+            woken.wait()
+        finally:
+            self.idle = False
+            self.progress()
+
     @property
     def alive(self) -> bool:
+        if self.idle:
+            return True
         now = time.monotonic()
         if self.call_started is not None and now - self.call_started < self.call_seconds + STALL_SECONDS:
             return True

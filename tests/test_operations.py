@@ -15,7 +15,8 @@ from pathlib import Path
 
 import redis
 
-from runtime.observe import HTTP_IDLE_SECONDS, HTTP_THREADS
+from runtime import schema
+from runtime.observe import HTTP_IDLE_SECONDS, HTTP_THREADS, STALL_SECONDS
 from tests.conftest import free_port, make_samples, outputs, publish, runtime_env, spawn, wait_for, write_function
 
 
@@ -198,6 +199,29 @@ def test_idle_http_connections_are_closed_and_threads_bounded(client, redis_url,
     idle.settimeout(HTTP_IDLE_SECONDS + 10)
     assert idle.recv(1) == b"", "an idle connection must be closed by the server"
     idle.close()
+
+
+def test_a_fleet_without_hosts_sleeps_until_one_comes_and_stays_alive(client, redis_url, processes):
+    """The course's setup has no hosts: the fleet's loop waits for an assignment without waking to prove
+    it is alive (it woke every 5 s), and /healthz stays 200 past the stall limit all the same."""
+    port = free_port()
+    publish(client, make_samples(1))
+    process = spawn("runtime", runtime_env(redis_url, "usermodule.py", HTTP_PORT=str(port)))
+    processes.append(process)
+    wait_for(lambda: client.hget("out:status", "invocations") == "1", timeout=30)
+    time.sleep(1)
+
+    def main_thread_runs() -> int:  # schedstat: time on CPU, time waiting, timeslices run
+        return int(Path(f"/proc/{process.pid}/task/{process.pid}/schedstat").read_text().split()[2])
+
+    before = main_thread_runs()
+    time.sleep(STALL_SECONDS + 1)
+    assert main_thread_runs() == before  # the fleet's loop runs in the main thread
+    assert http_get(port, "/healthz") == (200, "ok\n")
+    host = schema.Keys("metrics", "out").for_host("node-1")  # a host comes: the fleet wakes and follows it
+    client.xadd(host.input_stream, schema.sample_entry(schema.encode_sample(make_samples(1)[0])))
+    client.hset("metrics:hosts", "node-1", "seen")
+    wait_for(lambda: client.hget(host.status, "invocations") == "1", what="the fleet to follow the new host")
 
 
 def test_while_samples_come_the_commits_renew_the_lease_and_the_keeper_makes_no_round_trip(client, redis_url,
