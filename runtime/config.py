@@ -19,6 +19,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from runtime import logs, schema
+from runtime.lease import connection_name
 
 T = TypeVar("T")
 
@@ -39,7 +40,9 @@ DEFAULT_ENV_CHECKPOINT_SECONDS = 1.0  # the env is stored about this often; the 
 # The registered hosts' period when ENV_CHECKPOINT_SECONDS is not set: a thousand hosts storing their env
 # every second would keep a core busy encoding it; a takeover replays at most this much per host.
 DEFAULT_HOST_ENV_CHECKPOINT_SECONDS = 10.0
-DEFAULT_LEASE_SECONDS = 5.0  # a standby takes over this long after the active runtime died
+# A standby takes over this long after the active runtime was lost with its node; at once when its process
+# died (its connections closed). Renewed every 5 s, by commits too: the longer, the fewer wake-ups.
+DEFAULT_LEASE_SECONDS = 15.0
 DEFAULT_MAX_HOSTS = 2000  # hosts one runtime process follows at most (about 400 MB; see the README's sizing)
 DEFAULT_HOST_TTL = 24 * 3600.0  # a host silent this long is dropped from the registry and released
 
@@ -138,7 +141,8 @@ class RedisSettings:
 
 
 def connect(settings: RedisSettings, client_name: str) -> redis.Redis:
-    """A client that retries refused or broken connections with capped, jittered exponential backoff."""
+    """A client that retries refused or broken connections with capped, jittered exponential backoff;
+    its connections are named `client_name@` this process (lease.connection_name)."""
     retry = Retry(ExponentialWithJitterBackoff(cap=BACKOFF_CAP_SECONDS / 4, base=0.05), retries=3)
     options = dict(
         decode_responses=True,
@@ -149,7 +153,7 @@ def connect(settings: RedisSettings, client_name: str) -> redis.Redis:
         socket_connect_timeout=5,
         socket_keepalive=True,
         health_check_interval=30,
-        client_name=client_name,
+        client_name=connection_name(client_name),  # a standby knows by it whether a lease's holder is gone
     )
     if settings.password:
         options["password"] = settings.password

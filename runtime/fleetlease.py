@@ -8,7 +8,8 @@ ones up to the share. Leases are the same `<output>:<host>:lease` keys the commi
 replica that lost a host while it worked stores nothing (the commit is fenced), and the new holder
 starts from the checkpoint: exactly once. A holder provably dead (same host and pid namespace, its
 process gone; lease.Holder) is treated as absent at once, so a restarted runtime resumes without
-waiting for its predecessor's leases to lapse.
+waiting for its predecessor's leases to lapse; so is, for that tick, one with no connection left in
+Redis (lease.disconnected): a replica that died on another node. One that reconnects is back.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import redis
 
 from runtime import schema, status
-from runtime.lease import Holder
+from runtime.lease import Holder, disconnected
 
 log = logging.getLogger(__name__)
 
@@ -105,31 +106,37 @@ class HostLeases:
         self._forget = client.register_script(FORGET_HOST)
 
     def assign(self, hosts: Sequence[str], heartbeat: bool) -> Assignment:
-        """Renew, rebalance and take leases over `hosts` (valid ids); run again at once if a holder proved dead."""
+        """Renew, rebalance and take leases over `hosts` (valid ids); run again at once if a holder proved gone."""
+        cut_off: list[str] = []
         for _ in range(2):
             keys = [self.keys.replicas]
             for host in hosts:
                 host_keys = self.keys.for_host(host)
                 keys += [host_keys.lease, host_keys.status]
-            args = [self.holder, self.millis, self.max_hosts, status.now_text() if heartbeat else "", *self.dead]
+            args = [self.holder, self.millis, self.max_hosts, status.now_text() if heartbeat else "", *self.dead,
+                    *cut_off]
             mine, unheld, others, fair = self._assign(keys=keys, args=args)
-            if not self._found_dead(others):
+            ended, cut_off = self._gone(others)
+            if not ended and not cut_off:
                 break
         return Assignment(frozenset(hosts[i - 1] for i in mine), tuple(hosts[i - 1] for i in unheld),
                           int(fair) > self.max_hosts)
 
-    def _found_dead(self, others: Sequence[str]) -> bool:
-        """Look at holders not seen before; whether one of them is provably gone."""
-        found = False
-        for text in others:
-            holder = Holder.parse(text)
-            if holder is not None and holder.gone(self.me):
-                log.info("lease_holder_gone holder=%s: its hosts are taken over at once", text)
-                if len(self.dead) >= DEAD_KEPT:
-                    self.dead.clear()  # old ones' leases have lapsed long since
-                self.dead.add(text)
-                found = True
-        return found
+    def _gone(self, others: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Holders provably gone: those whose process ended beside us (kept in `dead`: gone for good), and
+        those with no connection left in Redis (for this tick only: one that reconnects is back)."""
+        holders = [holder for holder in map(Holder.parse, others) if holder is not None]
+        ended = [holder.text() for holder in holders if holder.gone(self.me)]
+        for text in ended:
+            log.info("lease_holder_gone holder=%s: its hosts are taken over at once", text)
+            if len(self.dead) >= DEAD_KEPT:
+                self.dead.clear()  # old ones' leases have lapsed long since
+            self.dead.add(text)
+        cut_off = [holder.text() for holder in disconnected(self.client, [h for h in holders if h.text() not in ended])]
+        for text in cut_off:
+            log.info("lease_holder_disconnected holder=%s: no connection of its process is left in Redis; its "
+                     "hosts are taken over at once", text)
+        return ended, cut_off
 
     def release_all(self, hosts: Sequence[str], announced: bool = False) -> None:
         """Give these hosts' leases back, and (not `announced`: a clean stop) this replica's place."""

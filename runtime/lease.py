@@ -3,11 +3,12 @@
 The keeper renews the lease on its own schedule, independent of the loop, so a long batch keeps it.
 Each commit renews it as well (its script is fenced by the lease anyway), so while samples come more
 often than the keeper's period, the keeper has nothing to do and makes no round trip.
-A standby's keeper keeps trying to take it. A runtime restarted where its predecessor ran (same host
-name, same process namespace) takes the lease at once when that predecessor is provably gone: its
-pid no longer exists, or belongs to a process started at another time (pid reused, or this very pid
-after a container restart). Replicas elsewhere wait for the lease to lapse. Every commit checks the
-holder inside the commit script, so a runtime that lost the lease while it worked stores nothing.
+A standby takes the lease at once when its holder is provably gone: no connection of the holder's
+process is left in Redis (each connection is named after its process, see connection_name), wherever
+it ran; or, beside us (same host name, same process namespace), its pid no longer exists or belongs to
+a process started at another time. Otherwise it waits for the lease to lapse: a host lost with its
+network. Every commit checks the holder inside the commit script, so a runtime that lost the lease
+while it worked stores nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from functools import cache
 from dataclasses import dataclass
 
 import psutil
@@ -95,6 +97,11 @@ class Holder:
     def text(self) -> str:
         return f"{self.host}:{self.pid}:{self.started}:{self.namespace}:{self.nonce}"
 
+    @property
+    def process(self) -> str:
+        """The holder's process, as its connections' names carry it."""
+        return f"{self.host}:{self.pid}:{self.started}"
+
     def gone(self, me: Holder) -> bool:
         """Provably dead: it ran beside `me` (same host and pid namespace) and its process is no more."""
         if (self.host, self.namespace) != (me.host, me.namespace) or self.nonce == me.nonce:
@@ -110,6 +117,35 @@ def process_start(pid: int) -> str | None:
         return None
     except psutil.Error:
         return "unknown"  # it exists but we may not look: not provably gone
+
+
+@cache
+def this_process(pid: int) -> str:
+    """This process as Holder.process gives it (`pid`: os.getpid(), so a forked child is not its parent)."""
+    return Holder(socket.gethostname(), pid, process_start(pid) or "?", "", "").process
+
+
+def connection_name(role: str) -> str:
+    """The name of every Redis connection this process makes: its role, then its process (see Holder)."""
+    return f"{role}@{this_process(os.getpid())}"
+
+
+def disconnected(client: redis.Redis, holders: Iterable[Holder]) -> list[Holder]:
+    """The holders whose process has no connection left in Redis: gone, or cut off (fenced either way).
+
+    Only when our own connections show under their names, so nothing between us and Redis hides them;
+    none when Redis does not let us list its clients (an ACL): then only a lapsed lease tells.
+    """
+    holders = list(holders)
+    if not holders:
+        return []
+    try:
+        processes = {(found.get("name") or "").partition("@")[2] for found in client.client_list()}
+    except redis.ResponseError:
+        return []
+    if this_process(os.getpid()) not in processes:
+        return []
+    return [holder for holder in holders if holder.process not in processes]
 
 
 def pid_namespace() -> str:
@@ -153,11 +189,14 @@ class Lease:
         if isinstance(current, bytes):
             current = current.decode("utf-8", "replace")
         other = Holder.parse(current) if isinstance(current, str) else None
-        if other is None or not other.gone(self.me):
+        if other is None or other.nonce == self.me.nonce:
+            return False
+        if not other.gone(self.me) and not disconnected(self.client, [other]):
             return False
         taken = bool(self._take(keys=[self.key], args=[current, self.holder, self.millis]))
         if taken:
-            log.info("lease_taken_over key=%s from=%s: that process is gone", self.key, current)
+            log.info("lease_taken_over key=%s from=%s: that process is gone, or has no connection to Redis",
+                     self.key, current)
         return taken
 
     def renewed(self, sent: float) -> None:
@@ -190,7 +229,7 @@ class NoLease:
 
 
 class LeaseKeeper(threading.Thread):
-    """Renews (or, on a standby, tries to take) the lease 2.5 times per period (at least every 2 s) until `stop`;
+    """Renews (or, on a standby, tries to take) the lease 2.5 times per period (at least every 5 s) until `stop`;
     not while commits renew it."""
 
     def __init__(self, lease: Lease | NoLease, stop: threading.Event, heartbeat: Callable[[], Heartbeat | None],

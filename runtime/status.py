@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 # --- timings both sides agree on ----------------------------------------------------------------
-HEARTBEAT_SECONDS = 2.0  # the runtime rewrites `heartbeat` at least this often while it runs
+HEARTBEAT_SECONDS = 5.0  # the runtime rewrites `heartbeat` at least this often while it runs
 STALE_AFTER_SECONDS = 15.0  # a heartbeat older than this: the runtime is not running (or stuck)
 
 

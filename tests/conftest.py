@@ -160,6 +160,13 @@ def spawn(module: str, env: dict[str, str], **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", module], env=full_env, cwd=REPO_DIR, **kwargs)
 
 
+def spawn_elsewhere(module: str, env: dict[str, str], **kwargs) -> subprocess.Popen:
+    """spawn(), under another host name (a UTS namespace of its own): a process on another node."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO_DIR), "LOG_LEVEL": "INFO", **env}
+    return subprocess.Popen(["unshare", "--uts", "sh", "-c", f'hostname elsewhere && exec "$0" -m {module}',
+                             sys.executable], env=full_env, cwd=REPO_DIR, **kwargs)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -22,7 +22,8 @@ from runtime.fleetpool import pool_of
 from runtime.loop import make_invoker
 from runtime.fleetmetrics import HOST_SERIES_MAX, OTHER_HOSTS, FleetMetrics
 from runtime.observe import Metrics
-from tests.conftest import free_port, make_samples, runtime_env, spawn, wait_for, write_function
+from runtime.status import HEARTBEAT_SECONDS
+from tests.conftest import free_port, make_samples, runtime_env, spawn, spawn_elsewhere, wait_for, write_function
 from tests.test_operations import http_get
 
 BASE = schema.Keys(input="metrics", output="out")
@@ -168,6 +169,29 @@ def test_a_replica_killed_and_started_again_resumes_every_host_exactly_once(clie
         start_runtime(processes, redis_url, function, tmp_path / "runtime.log", LEASE_SECONDS="30")
         wait_for(lambda: None not in holders(client, hosts) and len(holders(client, hosts)) == 1
                  and first_holder_gone(client, hosts, first.pid), timeout=20, what="the leases taken over")
+    wait_for(lambda: all_handled(client, hosts), timeout=60, what="every sample handled")
+    for host in hosts:
+        assert_each_sample_handled_once_in_order(client, host)
+
+
+def test_a_replica_on_another_node_that_dies_has_its_hosts_taken_over_at_the_next_tick(client, redis_url, processes,
+                                                                                     tmp_path):
+    """No pid to check across nodes: its process has no connection left in Redis, so the other replica
+    takes its hosts at its next tick, not when the 30 s leases lapse; every sample once, in order."""
+    hosts = host_names(10)
+    function = write_function(tmp_path, COUNTING)
+    publish_round(client, hosts, make_samples(1)[0])
+    env = runtime_env(redis_url, function, LOG_LEVEL="WARNING", LEASE_SECONDS="30")
+    elsewhere = spawn_elsewhere("runtime", env, stderr=open(tmp_path / "runtime.log", "a"))
+    processes.append(elsewhere)
+    here = start_runtime(processes, redis_url, function, tmp_path / "runtime.log", LEASE_SECONDS="30")
+    with publishing(client, hosts, period=0.1):
+        wait_for(lambda: fair(client, hosts, 2), timeout=60, what="two replicas holding 5 hosts each")
+        elsewhere.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        wait_for(lambda: all(holder and f":{here.pid}:" in holder for holder in holders(client, hosts)), timeout=30,
+                 what="the hosts taken over")
+        assert time.monotonic() - killed_at < HEARTBEAT_SECONDS + 3  # a tick or so, far from 30 s
     wait_for(lambda: all_handled(client, hosts), timeout=60, what="every sample handled")
     for host in hosts:
         assert_each_sample_handled_once_in_order(client, host)

@@ -7,6 +7,7 @@ import threading
 import time
 import urllib.request
 
+from runtime.config import DEFAULT_LEASE_SECONDS
 from runtime.lease import Holder, process_start
 from tests.conftest import (free_port, make_samples, outputs, publish, running_runtime, runtime_env, spawn, wait_for,
                             write_function)
@@ -79,13 +80,13 @@ def restart_while_feeding(client, env, port, feeder, processes):
     assert len(handled) == len(set(handled)), "a sample was handled twice"
 
 
-def test_a_6_s_handler_commits_with_the_default_lease(client, redis_url, tmp_path):
-    path = write_function(tmp_path, "import time\n\ndef handler(input, context):\n    time.sleep(6)\n"
-                                    "    return {'ts': input['timestamp']}\n")
+def test_a_handler_longer_than_the_default_lease_commits(client, redis_url, tmp_path):
+    path = write_function(tmp_path, f"import time\n\ndef handler(input, context):\n"
+                                    f"    time.sleep({DEFAULT_LEASE_SECONDS + 1})\n    return {{'ts': input['timestamp']}}\n")
     ids = publish(client, make_samples(1))
     with running_runtime(runtime_env(redis_url, path, LEASE_SECONDS="")) as runtime:
-        assert runtime.config.lease_seconds == 5
-        wait_for(lambda: outputs(client, "out"), timeout=30, what="the 6 s invocation to commit")
+        assert runtime.config.lease_seconds == DEFAULT_LEASE_SECONDS
+        wait_for(lambda: outputs(client, "out"), timeout=DEFAULT_LEASE_SECONDS + 30, what="the long invocation to commit")
     assert [i for i, _ in outputs(client, "out")] == ids
 
 

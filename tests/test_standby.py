@@ -3,11 +3,13 @@
 import signal
 import threading
 import time
+from datetime import datetime
 from types import SimpleNamespace
 
 import usermodule
-from tests.conftest import (REPO_DIR, make_samples, outputs, publish, running_runtime, runtime_env, spawn, wait_for,
-                            write_function)
+from runtime.status import HEARTBEAT_SECONDS
+from tests.conftest import (REPO_DIR, make_samples, outputs, publish, running_runtime, runtime_env, spawn,
+                            spawn_elsewhere, wait_for, write_function)
 
 USERMODULE = str(REPO_DIR / "usermodule.py")
 
@@ -63,6 +65,47 @@ def test_a_clean_stop_hands_over_at_once(client, redis_url, processes):
     assert time.monotonic() - stopped_at < 1.5
     publish(client, make_samples(2))
     wait_for(lambda: len(outputs(client, "out")) == 5)
+
+
+def test_a_standby_on_another_node_takes_over_once_the_holders_connections_are_gone(client, redis_url, processes):
+    """No pid to check across nodes: the holder's process has no connection left in Redis, so the standby
+    takes over at its next tick, not when the 30 s lease lapses. A holder still connected keeps it."""
+    env = runtime_env(redis_url, USERMODULE, LEASE_SECONDS="30")
+    active = spawn_elsewhere("runtime", env)
+    processes.append(active)
+    wait_for(lambda: (client.get("out:lease") or "").startswith("elsewhere:"), what="the other node's runtime")
+    standby = spawn("runtime", env)
+    processes.append(standby)
+    publish(client, make_samples(3))
+    wait_for(lambda: len(outputs(client, "out")) == 3)
+    time.sleep(HEARTBEAT_SECONDS + 1)  # the standby's ticks find its holder connected: it waits
+    assert client.get("out:lease").startswith("elsewhere:")
+    active.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_for(lambda: active_pid(client) == standby.pid, timeout=20, what="the standby to take the lease")
+    assert time.monotonic() - killed_at < HEARTBEAT_SECONDS + 2  # one tick, far from the lease's 30 s
+    publish(client, make_samples(2, start=datetime(2026, 11, 28, 15)))
+    wait_for(lambda: len(outputs(client, "out")) == 5)
+
+
+def test_without_leave_to_list_clients_a_standby_waits_for_the_lease_to_lapse(client, redis_url, processes):
+    """An ACL that forbids CLIENT LIST: nothing proves the holder gone, so only the lapse hands over."""
+    client.acl_setuser("limited", enabled=True, passwords=["+secret"], keys=["*"], channels=["*"],
+                       commands=["+@all", "-client|list"])
+    try:
+        env = runtime_env(redis_url.replace("redis://", "redis://limited:secret@"), USERMODULE, LEASE_SECONDS="4")
+        active = spawn_elsewhere("runtime", env)
+        processes.append(active)
+        wait_for(lambda: (client.get("out:lease") or "").startswith("elsewhere:"), what="the other node's runtime")
+        standby = spawn("runtime", env)
+        processes.append(standby)
+        time.sleep(1)
+        active.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        wait_for(lambda: active_pid(client) == standby.pid, timeout=20, what="the standby to take the lapsed lease")
+        assert time.monotonic() - killed_at > 2  # the lease ran out first (up to 4 s after the last renewal)
+    finally:
+        client.acl_deluser("limited")
 
 
 def test_a_runtime_that_lost_its_lease_stores_nothing(client, redis_url, tmp_path):
