@@ -41,7 +41,7 @@ DEFAULT_ENV_CHECKPOINT_SECONDS = 1.0  # the env is stored about this often; the 
 # every second would keep a core busy encoding it; a takeover replays at most this much per host.
 DEFAULT_HOST_ENV_CHECKPOINT_SECONDS = 10.0
 # A standby takes over this long after the active runtime was lost with its node; at once when its process
-# died (its connections closed). Renewed every 5 s, by commits too: the longer, the fewer wake-ups.
+# died (its connections closed). Renewed every 6 s, by commits too: the longer, the fewer wake-ups.
 DEFAULT_LEASE_SECONDS = 15.0
 DEFAULT_MAX_HOSTS = 2000  # hosts one runtime process follows at most (about 400 MB; see the README's sizing)
 DEFAULT_HOST_TTL = 24 * 3600.0  # a host silent this long is dropped from the registry and released

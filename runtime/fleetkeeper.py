@@ -1,6 +1,6 @@
 """The fleet's lease keeper: reads the registry and runs the lease script, apart from the fleet's loop.
 
-Each tick (2.5 times per lease period, at least every 5 s): the registry's valid ids (invalid ones
+Each tick (2.5 times per lease period, at least every 6 s): the registry's valid ids (invalid ones
 logged once and counted), minus hosts silent for HOST_TTL (removed from the registry, their leases
 given back), then one lease script (fleetlease) that says which hosts this replica holds now. Hosts
 that no replica has room for (MAX_HOSTS) get a status that says so. While the registry is empty and
@@ -23,7 +23,7 @@ from runtime.status import HEARTBEAT_SECONDS, State
 log = logging.getLogger(__name__)
 
 NOTHING = Assignment(frozenset(), (), False)  # no host held, none waiting
-IDLE_PERIOD_SECONDS = 5.0  # between reads of an empty registry
+IDLE_PERIOD_SECONDS = 15.0  # between reads of an empty registry: a first host is followed within this
 
 
 class AssignmentKeeper(threading.Thread):

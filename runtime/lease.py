@@ -229,7 +229,7 @@ class NoLease:
 
 
 class LeaseKeeper(threading.Thread):
-    """Renews (or, on a standby, tries to take) the lease 2.5 times per period (at least every 5 s) until `stop`;
+    """Renews (or, on a standby, tries to take) the lease 2.5 times per period (at least every 6 s) until `stop`;
     not while commits renew it."""
 
     def __init__(self, lease: Lease | NoLease, stop: threading.Event, heartbeat: Callable[[], Heartbeat | None],

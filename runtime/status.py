@@ -19,7 +19,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 # --- timings both sides agree on ----------------------------------------------------------------
-HEARTBEAT_SECONDS = 5.0  # the runtime rewrites `heartbeat` at least this often while it runs
+# The runtime rewrites `heartbeat` at least this often while it runs. Each commit does, so this is also the
+# lease keeper's period when the lease allows: longer than the collector's default interval (5 s), so
+# that while samples come at that pace the keeper has nothing to do.
+HEARTBEAT_SECONDS = 6.0
 STALE_AFTER_SECONDS = 15.0  # a heartbeat older than this: the runtime is not running (or stuck)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import redis
 
 from runtime import schema
+from runtime.fleetkeeper import IDLE_PERIOD_SECONDS
 from runtime.observe import HTTP_IDLE_SECONDS, HTTP_THREADS, STALL_SECONDS
 from tests.conftest import free_port, make_samples, outputs, publish, runtime_env, spawn, wait_for, write_function
 
@@ -221,7 +222,8 @@ def test_a_fleet_without_hosts_sleeps_until_one_comes_and_stays_alive(client, re
     host = schema.Keys("metrics", "out").for_host("node-1")  # a host comes: the fleet wakes and follows it
     client.xadd(host.input_stream, schema.sample_entry(schema.encode_sample(make_samples(1)[0])))
     client.hset("metrics:hosts", "node-1", "seen")
-    wait_for(lambda: client.hget(host.status, "invocations") == "1", what="the fleet to follow the new host")
+    wait_for(lambda: client.hget(host.status, "invocations") == "1", timeout=IDLE_PERIOD_SECONDS + 10,
+             what="the fleet to follow the new host")
 
 
 def test_while_samples_come_the_commits_renew_the_lease_and_the_keeper_makes_no_round_trip(client, redis_url,
