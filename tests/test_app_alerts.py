@@ -119,3 +119,26 @@ def test_in_a_browser_thresholds_and_firing_periods_draw_without_vega_warnings(v
             assert page.locator('[data-testid="stException"]').count() == 0
             assert not vega_warnings(console), vega_warnings(console)
             assert "No alert evaluator running" not in page.locator("body").inner_text()
+
+
+def test_in_a_browser_a_pending_alert_with_nothing_fired_draws_without_vega_warnings(valkey, client, tmp_path,
+                                                                                    processes):
+    """The rules a new user starts with, one of them pending, none fired yet: thresholds on the charts and
+    an empty layer of firing bands, which must not put an infinite extent into any scale, on the first
+    draw or a live redraw."""
+    from tests.conftest import REPO_DIR, require_program
+    from tests.test_dashboard_browser import ARTIFACTS, browser_page, seed, start_configured_app, vega_warnings
+
+    require_program("chromium", "chromium")
+    seed(client)
+    pending = (REPO_DIR / "alerts.yaml").read_text() + (  # the rules a new user starts with, and one pending
+        "  - {name: cpu-busy, value: \"cpu_percent-*\", aggregate: max, op: \">=\", threshold: 0, for: 48h}\n")
+    with running_evaluator(alerts_env(valkey.connection_url, write_rules(tmp_path, pending))):
+        wait_for(lambda: '"pending"' in " ".join(client.hvals(KEYS.states)), timeout=60, what="cpu-busy pending")
+        url = start_configured_app(valkey, tmp_path, processes)
+        with browser_page(url) as (page, console):
+            page.wait_for_selector("text=/0 alerts firing, [1-9][0-9]* pending/", timeout=15_000)
+            page.wait_for_timeout(3000)  # a live redraw or two
+            page.screenshot(path=str(ARTIFACTS / "dashboard-alerts-pending.png"), full_page=True)
+            assert page.locator('[data-testid="stException"]').count() == 0
+            assert not vega_warnings(console), vega_warnings(console)
