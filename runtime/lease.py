@@ -99,14 +99,21 @@ class Holder:
 
     @property
     def process(self) -> str:
-        """The holder's process, as its connections' names carry it."""
-        return f"{self.host}:{self.pid}:{self.started}"
+        """The holder's process, as its connections' names carry it (a name Redis accepts: see name_safe)."""
+        return name_safe(f"{self.host}:{self.pid}:{self.started}")
 
     def gone(self, me: Holder) -> bool:
         """Provably dead: it ran beside `me` (same host and pid namespace) and its process is no more."""
         if (self.host, self.namespace) != (me.host, me.namespace) or self.nonce == me.nonce:
             return False
         return process_start(self.pid) != self.started
+
+
+def name_safe(text: str) -> str:
+    """`text` as CLIENT SETNAME takes it: a host name may hold a space or a letter outside ASCII, which Redis
+    refuses in a client name (and then every connection fails); those are written as %XX of their UTF-8."""
+    return "".join(char if "!" <= char <= "~" and char != "%" else
+                   "".join(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass")) for char in text)
 
 
 def process_start(pid: int) -> str | None:
