@@ -117,7 +117,20 @@ def name_safe(text: str) -> str:
 
 
 def process_start(pid: int) -> str | None:
-    """The process's start time as a token, None when there is no such process."""
+    """The process's start time as a token, None when there is no such process.
+
+    On Linux the start in clock ticks since boot (/proc/<pid>/stat): it never changes. psutil's create_time()
+    adds the boot time as /proc/stat gives it now, which moves with every step of the wall clock (NTP, a VM
+    resumed): a live holder would seem to have been started at another time, hence gone.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rpartition(b")")[2].split()
+        return fields[19].decode()  # field 22, starttime
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    except (OSError, IndexError):
+        pass  # no procfs here: psutil's wall-clock figure
     try:
         return f"{psutil.Process(pid).create_time():.2f}"
     except psutil.NoSuchProcess:
