@@ -99,8 +99,8 @@ class Holder:
 
     @property
     def process(self) -> str:
-        """The holder's process, as its connections' names carry it."""
-        return f"{self.host}:{self.pid}:{self.started}"
+        """The holder's process, as its connections' names carry it (a name Redis accepts: see name_safe)."""
+        return name_safe(f"{self.host}:{self.pid}:{self.started}")
 
     def gone(self, me: Holder) -> bool:
         """Provably dead: it ran beside `me` (same host and pid namespace) and its process is no more."""
@@ -109,8 +109,28 @@ class Holder:
         return process_start(self.pid) != self.started
 
 
+def name_safe(text: str) -> str:
+    """`text` as CLIENT SETNAME takes it: a host name may hold a space or a letter outside ASCII, which Redis
+    refuses in a client name (and then every connection fails); those are written as %XX of their UTF-8."""
+    return "".join(char if "!" <= char <= "~" and char != "%" else
+                   "".join(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass")) for char in text)
+
+
 def process_start(pid: int) -> str | None:
-    """The process's start time as a token, None when there is no such process."""
+    """The process's start time as a token, None when there is no such process.
+
+    On Linux the start in clock ticks since boot (/proc/<pid>/stat): it never changes. psutil's create_time()
+    adds the boot time as /proc/stat gives it now, which moves with every step of the wall clock (NTP, a VM
+    resumed): a live holder would seem to have been started at another time, hence gone.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rpartition(b")")[2].split()
+        return fields[19].decode()  # field 22, starttime
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    except (OSError, IndexError):
+        pass  # no procfs here: psutil's wall-clock figure
     try:
         return f"{psutil.Process(pid).create_time():.2f}"
     except psutil.NoSuchProcess:

@@ -8,7 +8,7 @@ import time
 import urllib.request
 
 from runtime.config import DEFAULT_LEASE_SECONDS
-from runtime.lease import Holder, process_start
+from runtime.lease import Holder, pid_namespace, process_start
 from tests.conftest import (free_port, make_samples, outputs, publish, running_runtime, runtime_env, spawn, wait_for,
                             write_function)
 
@@ -170,3 +170,16 @@ def test_a_sample_lost_to_the_timeout_is_not_replayed_after_kill_9(client, redis
     wait_for(lambda: len(outputs(client, "out")) == 4, timeout=30, what="the output after the restart")
     assert [output["n"] for _, output in outputs(client, "out")] == [1, 2, 3, 4]
     assert [e["fault"] for _, e in client.xrange("out:errors")] == ["timeout"]  # recorded once, run once
+
+
+def test_a_clock_step_does_not_make_a_live_holder_look_gone(monkeypatch):
+    """A process's start token must not follow the wall clock: psutil adds the boot time, which /proc/stat
+    gives anew after every clock step (NTP, a VM resumed), so a standby beside a live holder would find
+    another start time and take its lease (a fleet replica would count it dead for good)."""
+    from psutil import _pslinux
+    parent = os.getppid()
+    holder = Holder(Holder.of_this_process().host, parent, process_start(parent), pid_namespace(), "holder")
+    stepped = _pslinux.boot_time() + 7  # the clock was set 7 s forward since the holder started
+    monkeypatch.setattr(_pslinux, "boot_time", lambda: stepped)
+    assert process_start(parent) == holder.started
+    assert not holder.gone(Holder.of_this_process())

@@ -120,3 +120,26 @@ def test_a_runtime_that_lost_its_lease_stores_nothing(client, redis_url, tmp_pat
         assert not runtime.lease.held
         client.delete("out:lease")  # the other one goes away: ours takes over and catches up
         wait_for(lambda: len(outputs(client, "out")) == 2, timeout=10)
+
+
+def test_a_runtime_on_a_host_whose_name_redis_refuses_as_a_client_name_still_runs(client, redis_url, processes):
+    """Connections are named after the host; a host name with a space or a letter outside ASCII (Redis refuses
+    both in CLIENT SETNAME) must not cost the runtime its connections, nor a standby its takeover."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "PYTHONPATH": str(REPO_DIR), "LOG_LEVEL": "INFO",
+           **runtime_env(redis_url, USERMODULE, LEASE_SECONDS="30")}
+    script = "import socket, sys, runpy; socket.sethostname(sys.argv[1]); runpy.run_module('runtime', run_name='__main__')"
+    active = subprocess.Popen(["unshare", "--uts", sys.executable, "-c", script, "lab bench \u00e9"], env=env,
+                              cwd=REPO_DIR)
+    processes.append(active)
+    publish(client, make_samples(3))
+    wait_for(lambda: len(outputs(client, "out")) == 3, timeout=20, what="the runtime's outputs")
+    standby = spawn("runtime", env)
+    processes.append(standby)
+    time.sleep(HEARTBEAT_SECONDS + 1)  # the standby finds its holder connected: it waits
+    assert active_pid(client) == active.pid
+    active.send_signal(signal.SIGKILL)
+    wait_for(lambda: active_pid(client) == standby.pid, timeout=HEARTBEAT_SECONDS + 3,
+             what="the standby to take the lease at its next tick")
