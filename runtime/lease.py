@@ -253,12 +253,12 @@ class LeaseKeeper(threading.Thread):
     not while commits renew it."""
 
     def __init__(self, lease: Lease | NoLease, stop: threading.Event, heartbeat: Callable[[], Heartbeat | None],
-                 on_problem: Callable[[str], None]) -> None:
+                 on_problem: Callable[[str | None], None]) -> None:
         super().__init__(name=f"lease-{lease.key}", daemon=True)
         self.lease = lease
         self.stop = stop
         self.heartbeat = heartbeat  # what to write with each renewal (None: nothing, the loop is stuck)
-        self.on_problem = on_problem  # told when the lease cannot be taken at all
+        self.on_problem = on_problem  # told when the lease cannot be taken at all, and (None) when it can again
         self.period = min(lease.millis / 1000 / RENEWALS_PER_LEASE, HEARTBEAT_SECONDS)
         self.changed = threading.Event()  # set whenever `held` may have changed
         self.problem: str | None = None  # what keeps us from holding the lease, besides another holder
@@ -288,14 +288,19 @@ class LeaseKeeper(threading.Thread):
         return f"the lease {self.lease.key} cannot be taken: {error}"
 
     def _report(self, problem: str | None) -> None:
-        """Log a problem once when it appears, and once when it is gone."""
+        """Log and tell a problem once when it appears, and once when it is gone."""
         if problem != self.problem:
             if problem:
                 log.warning("lease_unavailable %s", problem)
-                self.on_problem(problem)
-            elif self.problem:
+            else:
                 log.info("lease_available key=%s", self.lease.key)
-        self.problem = problem
+            self.problem = problem
+            self.on_problem(problem)
+
+    def renewed_by_commit(self, sent: float) -> None:
+        """A commit sent at monotonic time `sent` renewed the lease: a problem of an earlier tick is over."""
+        self.lease.renewed(sent)
+        self._report(None)
 
     def run(self) -> None:
         while not isinstance(self.lease, NoLease) and not self.stop.wait(self._until_due()):

@@ -57,8 +57,8 @@ class Runtime:
         else:  # the course's "no output key": the handler runs, nothing is stored
             self.checkpoints = MemoryCheckpoints()
             self.status, self.committer, self.lease = NullStatus(), MemoryCommitter(self.checkpoints), NoLease()
-        self.keeper = LeaseKeeper(self.lease, stop, self._heartbeat,
-                                  lambda problem: self.status.set(State.STALLED, problem=problem))
+        self._lease_problem_shown: str | None = None
+        self.keeper = LeaseKeeper(self.lease, stop, self._heartbeat, self._lease_problem)
         self.committed = Checkpoint()
         self.lost: dict[object, dict[str, Any]] = {}  # cursor -> error of an invocation that did not return
         self._restored = False
@@ -174,6 +174,15 @@ class Runtime:
     def _heartbeat(self) -> tuple[str, dict[str, str]] | None:
         """What the lease keeper writes with each renewal: the heartbeat, while the loop makes progress."""
         return (self.config.keys.status, self.status.heartbeat()) if self.health.alive else None
+
+    def _lease_problem(self, problem: str | None) -> None:
+        """The keeper cannot take or renew the lease (stalled, with why), or can again: take that back, or a
+        standby's status would say stalled for as long as no commit of the holder's overwrites it."""
+        if problem:
+            self.status.set(State.STALLED, problem=problem)
+        elif self._lease_problem_shown and self.status.problem == self._lease_problem_shown:
+            self.status.set(State.RUNNING, problem="")
+        self._lease_problem_shown = problem
 
     def _wake_on_stop(self) -> None:
         self.stop.wait()
@@ -295,7 +304,7 @@ class Runtime:
             return
         self.committed = checkpoint
         if renew_ms:
-            self.lease.renewed(sent)
+            self.keeper.renewed_by_commit(sent)
         if with_env:
             self._env_due_at = next_due(self._env_due_at, self.config.env_checkpoint_seconds, time.monotonic())
         self._account(done, effects, lag)

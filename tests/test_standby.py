@@ -7,6 +7,8 @@ from datetime import datetime
 from types import SimpleNamespace
 
 import usermodule
+from runtime.config import RedisSettings, RuntimeConfig, connect
+from runtime.loop import Runtime
 from runtime.status import HEARTBEAT_SECONDS
 from tests.conftest import (REPO_DIR, make_samples, outputs, publish, running_runtime, runtime_env, spawn,
                             spawn_elsewhere, wait_for, write_function)
@@ -106,6 +108,27 @@ def test_without_leave_to_list_clients_a_standby_waits_for_the_lease_to_lapse(cl
         assert time.monotonic() - killed_at > 2  # the lease ran out first (up to 4 s after the last renewal)
     finally:
         client.acl_deluser("limited")
+
+
+def test_a_lease_problem_that_ends_is_taken_back_from_the_status_by_a_tick_or_a_commit(client, redis_url,
+                                                                                      tmp_path):
+    """A keeper that could not take the lease says stalled. When it can again (its next tick, or a commit
+    that renewed the lease while the keeper had nothing to do) the status says running again: a standby's
+    stale stall would otherwise sit in the shared status, and a stale problem would make a runtime that
+    later loses its lease report the lease as unavailable."""
+    path = write_function(tmp_path, "def handler(input, context):\n    return {}\n")
+    runtime = Runtime(RuntimeConfig.from_env(runtime_env(redis_url, path)), connect(RedisSettings(redis_url), "test"),
+                      threading.Event())
+    for recover in (runtime.keeper.tick, lambda: runtime.keeper.renewed_by_commit(time.monotonic())):
+        client.delete("out:lease")
+        client.hset("out:lease", "not", "a lease")  # Redis refuses the lease script: WRONGTYPE
+        assert runtime.keeper.tick() is False
+        assert client.hmget("out:status", ["state", "problem"])[0] == "stalled" and runtime.keeper.problem
+        client.delete("out:lease")
+        recover()
+        assert runtime.keeper.problem is None
+        assert client.hmget("out:status", ["state", "problem"]) == ["running", ""]
+    runtime.invoker.close()
 
 
 def test_a_runtime_that_lost_its_lease_stores_nothing(client, redis_url, tmp_path):
