@@ -155,10 +155,12 @@ def memory_chart(samples: pd.DataFrame, window: Window) -> alt.Chart:
 
 
 def value_domain(values: pd.Series, zero: bool) -> list[float] | None:
-    """A y domain that shows a flat series as a line in the middle, not a single tick at the edge."""
+    """A y domain that shows a flat series as a line in the middle, not a single tick at the edge; with no
+    value yet (a rate needs two samples), a fixed one: Vega would take the extent of nothing ("Infinite
+    extent")."""
     finite = values.dropna()
     if finite.empty:
-        return None
+        return [0.0, 1.0]
     low, high = float(finite.min()), float(finite.max())
     if high - low >= 0.02 * max(abs(high), 1e-9):
         return None  # a real range: let Vega-Lite pick nice ticks
@@ -187,9 +189,10 @@ def line_chart(data: pd.DataFrame, window: Window, title: str, unit: str, zero: 
 def area_chart(data: pd.DataFrame, window: Window, title: str, unit: str) -> alt.Chart:
     """Parts of a whole stacked over time (the CPU time split)."""
     series = list(dict.fromkeys(data["series"]))
+    empty = data["value"].dropna().empty  # see value_domain
     return alt.Chart(data).mark_area(opacity=0.85).encode(
         x=time_x(window),
-        y=alt.Y("value:Q", title=unit, stack="zero"),
+        y=alt.Y("value:Q", title=unit, stack="zero", scale=alt.Scale(domain=[0, 1]) if empty else alt.Undefined),
         color=alt.Color("series:N", title=None, sort=series, legend=alt.Legend(orient="bottom")),
         tooltip=[_tooltip_time(window), alt.Tooltip("series:N"), alt.Tooltip("value:Q", format=".1f", title=unit)],
     ).add_params(_zoom()).properties(height=HEIGHT, title=title)

@@ -244,6 +244,21 @@ def test_screenshots_with_nothing_cut_and_no_vega_warnings(seeded_app, width, sc
         assert "Top processes" in text and "More from the host" in text
 
 
+def test_the_first_sample_alone_draws_without_vega_warnings(valkey, client, tmp_path, processes):
+    """A new stack's first moments: one sample, so no rate yet (network, disks, context switches need two)
+    and those charts have no value: each must still get a y domain, not the extent of nothing."""
+    from bench.common import synthetic_samples
+    from bench.dashboard import fill
+    from runtime import schema
+
+    fill(client, synthetic_samples(1, cpus=2), schema.Keys(output="out"))
+    url = start_configured_app(valkey, tmp_path, processes)
+    with browser_page(url) as (page, console):
+        page.wait_for_timeout(3000)  # a live redraw
+        assert page.locator('[data-testid="stException"]').count() == 0
+        assert not vega_warnings(console), vega_warnings(console)
+
+
 def test_the_heatmap_varies_and_the_window_switch_changes_the_axis(seeded_app):
     url, _ = seeded_app
     with browser_page(url) as (page, console):
