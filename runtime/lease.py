@@ -236,13 +236,9 @@ class NoLease:
     holder = ""
     held = True
     millis = 3_600_000
-    renewed_at = 0.0
 
     def hold(self, heartbeat: Heartbeat | None = None) -> bool:
         return True
-
-    def renewed(self, sent: float) -> None:
-        pass
 
     def release(self) -> None:
         pass
