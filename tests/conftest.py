@@ -154,17 +154,14 @@ def running_runtime(env: dict[str, str]) -> Iterator[Runtime]:
         yield runtime
 
 
-def spawn(module: str, env: dict[str, str], **kwargs) -> subprocess.Popen:
-    """`python -m <module>` as a separate process, as a container would run it."""
+def spawn(module: str, env: dict[str, str], host: str | None = None, **kwargs) -> subprocess.Popen:
+    """`python -m <module>` as a separate process, as a container would run it; with `host`, under that host
+    name (a UTS namespace of its own): a process on another node."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO_DIR), "LOG_LEVEL": "INFO", **env}
-    return subprocess.Popen([sys.executable, "-m", module], env=full_env, cwd=REPO_DIR, **kwargs)
-
-
-def spawn_elsewhere(module: str, env: dict[str, str], **kwargs) -> subprocess.Popen:
-    """spawn(), under another host name (a UTS namespace of its own): a process on another node."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO_DIR), "LOG_LEVEL": "INFO", **env}
-    return subprocess.Popen(["unshare", "--uts", "sh", "-c", f'hostname elsewhere && exec "$0" -m {module}',
-                             sys.executable], env=full_env, cwd=REPO_DIR, **kwargs)
+    command = [sys.executable, "-m", module]
+    if host is not None:
+        command = ["unshare", "--uts", "sh", "-c", f'hostname {host} && exec "$@"', "sh", *command]
+    return subprocess.Popen(command, env=full_env, cwd=REPO_DIR, **kwargs)
 
 
 def free_port() -> int:

@@ -23,7 +23,7 @@ from runtime.loop import make_invoker
 from runtime.fleetmetrics import HOST_SERIES_MAX, OTHER_HOSTS, FleetMetrics
 from runtime.observe import Metrics
 from runtime.status import HEARTBEAT_SECONDS
-from tests.conftest import free_port, make_samples, runtime_env, spawn, spawn_elsewhere, wait_for, write_function
+from tests.conftest import free_port, make_samples, runtime_env, spawn, wait_for, write_function
 from tests.test_operations import http_get
 
 BASE = schema.Keys(input="metrics", output="out")
@@ -182,7 +182,7 @@ def test_a_replica_on_another_node_that_dies_has_its_hosts_taken_over_at_the_nex
     function = write_function(tmp_path, COUNTING)
     publish_round(client, hosts, make_samples(1)[0])
     env = runtime_env(redis_url, function, LOG_LEVEL="WARNING", LEASE_SECONDS="30")
-    elsewhere = spawn_elsewhere("runtime", env, stderr=open(tmp_path / "runtime.log", "a"))
+    elsewhere = spawn("runtime", env, host="elsewhere", stderr=open(tmp_path / "runtime.log", "a"))
     processes.append(elsewhere)
     here = start_runtime(processes, redis_url, function, tmp_path / "runtime.log", LEASE_SECONDS="30")
     with publishing(client, hosts, period=0.1):

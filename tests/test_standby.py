@@ -11,7 +11,7 @@ from runtime.config import RedisSettings, RuntimeConfig, connect
 from runtime.loop import Runtime
 from runtime.status import HEARTBEAT_SECONDS
 from tests.conftest import (REPO_DIR, make_samples, outputs, publish, running_runtime, runtime_env, spawn,
-                            spawn_elsewhere, wait_for, write_function)
+                            wait_for, write_function)
 
 USERMODULE = str(REPO_DIR / "usermodule.py")
 
@@ -73,7 +73,7 @@ def test_a_standby_on_another_node_takes_over_once_the_holders_connections_are_g
     """No pid to check across nodes: the holder's process has no connection left in Redis, so the standby
     takes over at its next tick, not when the 30 s lease lapses. A holder still connected keeps it."""
     env = runtime_env(redis_url, USERMODULE, LEASE_SECONDS="30")
-    active = spawn_elsewhere("runtime", env)
+    active = spawn("runtime", env, host="elsewhere")
     processes.append(active)
     wait_for(lambda: (client.get("out:lease") or "").startswith("elsewhere:"), what="the other node's runtime")
     standby = spawn("runtime", env)
@@ -96,7 +96,7 @@ def test_without_leave_to_list_clients_a_standby_waits_for_the_lease_to_lapse(cl
                        commands=["+@all", "-client|list"])
     try:
         env = runtime_env(redis_url.replace("redis://", "redis://limited:secret@"), USERMODULE, LEASE_SECONDS="4")
-        active = spawn_elsewhere("runtime", env)
+        active = spawn("runtime", env, host="elsewhere")
         processes.append(active)
         wait_for(lambda: (client.get("out:lease") or "").startswith("elsewhere:"), what="the other node's runtime")
         standby = spawn("runtime", env)
